@@ -1,0 +1,10 @@
+"""Per-framework glue, installed as ``softk.backends``: nothing numerical lives here.
+
+Each module exposes the same three functions, looked up by
+:func:`softk._dispatch.glue_for`:
+
+* ``apply(op, arrays, params)``: run a :class:`softk._op.CoreOp` so that the
+  framework's own autograd calls ``op.backward`` (no unrolling);
+* ``while_loop(cond, body, state)``: the framework's data-dependent loop;
+* ``values_known(x)``: whether ``x`` holds concrete values (not a tracer).
+"""

@@ -1,0 +1,48 @@
+"""Glue for JAX: the core's VJP as a ``jax.custom_vjp``, loops as ``lax.while_loop``.
+
+Static parameters become part of the cached custom-VJP function (they are
+hashable Python values), so the op works under ``jit``, ``vmap`` and ``grad``.
+Forward-mode (``jvp``/``jacfwd``) is not defined for a custom VJP.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["apply", "while_loop", "values_known"]
+
+
+@functools.lru_cache(maxsize=256)
+def _custom_vjp(op: Any, params: tuple) -> Callable:
+    kwargs = dict(params)
+
+    @jax.custom_vjp
+    def fn(*arrays: jax.Array) -> jax.Array:
+        return op.forward(jnp, *arrays, **kwargs)[0]
+
+    def fwd(*arrays: jax.Array) -> tuple:
+        out, residuals = op.forward(jnp, *arrays, **kwargs)
+        return out, (arrays, residuals)
+
+    def bwd(saved: tuple, cotangent: jax.Array) -> tuple:
+        arrays, residuals = saved
+        return tuple(op.backward(jnp, arrays, residuals, cotangent, **kwargs))
+
+    fn.defvjp(fwd, bwd)
+    return fn
+
+
+def apply(op: Any, arrays: tuple, params: dict) -> jax.Array:
+    return _custom_vjp(op, tuple(sorted(params.items())))(*arrays)
+
+
+def while_loop(cond: Callable, body: Callable, state: Any) -> Any:
+    return jax.lax.while_loop(cond, body, state)
+
+
+def values_known(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)

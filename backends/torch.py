@@ -1,0 +1,60 @@
+"""Glue for PyTorch: the core's VJP as a ``torch.autograd.Function``.
+
+The Function works with ``torch.autograd.gradcheck``, ``torch.func`` transforms
+(its ``vmap`` rule moves the mapped dimension to the front: every core op
+treats leading dimensions as batch) and ``torch.compile`` (the solver loop is
+data-dependent, so it runs as a graph break around compiled code).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import array_api_compat.torch as xp
+import torch
+
+__all__ = ["apply", "while_loop", "values_known"]
+
+
+class _CoreFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(op: Any, params: dict, *arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out, residuals = op.forward(xp, *arrays, **params)
+        return (out, *residuals)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        op, params, *arrays = inputs
+        ctx.op, ctx.params, ctx.n_arrays = op, params, len(arrays)
+        ctx.save_for_backward(*arrays, *output[1:])
+        ctx.mark_non_differentiable(*output[1:])
+
+    @staticmethod
+    def backward(ctx: Any, cotangent: torch.Tensor, *_: Any) -> tuple:
+        saved = ctx.saved_tensors
+        arrays, residuals = saved[: ctx.n_arrays], saved[ctx.n_arrays :]
+        grads = ctx.op.backward(xp, arrays, residuals, cotangent.contiguous(), **ctx.params)
+        return (None, None, *grads)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, op: Any, params: dict, *arrays: torch.Tensor) -> tuple:
+        front = [
+            a.movedim(d, 0) if d is not None else a.expand(info.batch_size, *a.shape)
+            for a, d in zip(arrays, in_dims[2:])
+        ]
+        outs = _CoreFunction.apply(op, params, *front)
+        return outs, (0,) * len(outs)
+
+
+def apply(op: Any, arrays: tuple, params: dict) -> torch.Tensor:
+    return _CoreFunction.apply(op, params, *arrays)[0]
+
+
+def while_loop(cond: Callable, body: Callable, state: Any) -> Any:
+    while bool(cond(state)):
+        state = body(state)
+    return state
+
+
+def values_known(x: Any) -> bool:
+    return not torch.compiler.is_compiling()

@@ -1,0 +1,16 @@
+"""softk: differentiable optimal-transport operators on any array-API backend.
+
+One array-API core (``softk``) defines each operator as a forward and a VJP;
+``softk.backends`` registers that VJP with PyTorch, JAX, NumPy and CuPy.
+
+>>> import numpy as np, softk
+>>> softk.soft_topk(np.array([1.0, 5.0, 3.0]), 1, epsilon=1e-3).round(6).tolist()
+[0.0, 1.0, 0.0]
+"""
+
+from ._op import vjp
+from ._warnings import NotConvergedWarning
+from .topk import soft_topk
+
+__all__ = ["soft_topk", "vjp", "NotConvergedWarning"]
+__version__ = "0.1.0"

@@ -1,0 +1,109 @@
+"""Argument checks shared by the public operators: clear errors naming the argument."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import array_api_compat as compat
+
+from ._dispatch import values_known
+
+__all__ = ["namespace_of", "check_int", "check_positive_float", "check_axis", "check_finite_values", "check_choice"]
+
+
+def namespace_of(**arrays: Any) -> Any:
+    """The array namespace shared by the named arrays (real floating dtype, one device).
+
+    Raises ``TypeError`` naming the argument for a non-array, an integer/bool/complex
+    dtype, or arrays from two frameworks, and ``ValueError`` for two devices.
+    """
+    spaces = {}
+    for name, arr in arrays.items():
+        try:
+            spaces[name] = compat.array_namespace(arr)
+        except TypeError:
+            raise TypeError(f"{name} must be an array (NumPy, CuPy, PyTorch, JAX, ...), got {type(arr).__name__}") from None
+    names = list(spaces)
+    first = names[0]
+    for name in names[1:]:
+        if spaces[name] is not spaces[first]:
+            raise TypeError(
+                f"{name} is a {type(arrays[name]).__module__} array but {first} is a "
+                f"{type(arrays[first]).__module__} array: pass arrays from one framework"
+            )
+        if compat.device(arrays[name]) != compat.device(arrays[first]):
+            raise ValueError(
+                f"{name} is on device {compat.device(arrays[name])} but {first} is on "
+                f"{compat.device(arrays[first])}: move them to one device"
+            )
+    xp = spaces[first]
+    for name, arr in arrays.items():
+        if not xp.isdtype(arr.dtype, "real floating"):
+            raise TypeError(f"{name} must have a real floating dtype (float32 or float64), got {arr.dtype}")
+    return xp
+
+
+def check_int(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` as an int with ``low <= value <= high``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must satisfy {low} <= {name} <= {high}, got {value}")
+    return value
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    """``value`` as a finite, strictly positive Python float."""
+    if isinstance(value, (bool, str, bytes, complex)):
+        raise TypeError(f"{name} must be a positive real number, got {value!r}")
+    try:
+        value = float(value)
+    except Exception:
+        raise TypeError(
+            f"{name} must be a concrete Python float (it is a static parameter, "
+            f"not a traced value), got {type(value).__name__}"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def check_axis(axis: Any, ndim: int) -> int:
+    """``axis`` normalised to a negative index (so leading batch dims may be added)."""
+    if isinstance(axis, bool):
+        raise TypeError("axis must be an integer, got a bool")
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {axis!r}") from None
+    if ndim == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d array")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for an array with {ndim} dimension(s)")
+    return axis - ndim if axis >= 0 else axis
+
+
+def check_finite_values(xp: Any, name: str, x: Any) -> None:
+    """Reject NaN and infinite entries, where the values can be read (not under ``jit``)."""
+    if not values_known(xp, x):
+        return
+    if bool(xp.any(xp.isnan(x))):
+        raise ValueError(f"{name} contains NaN")
+    if bool(xp.any(xp.isinf(x))):
+        raise ValueError(
+            f"{name} contains +-inf; softk normalises scores by their range, so mask entries "
+            f"with a large finite value (e.g. the finite minimum minus the range) instead"
+        )
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value

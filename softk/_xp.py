@@ -1,0 +1,71 @@
+"""Array-API building blocks the standard lacks: log-sum-exp, order statistics, row scatter.
+
+Each helper is written against the standard; where a library has a faster
+native function (a partial sort, an indexed add) it is used in the way
+``array_api_extra`` delegates, with the standard as the fallback.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import array_api_compat as compat
+import array_api_extra as xpx
+
+__all__ = ["logsumexp", "order_statistics", "add_at_rows", "normal_exponent"]
+
+
+def logsumexp(xp: Any, z: Any, axis: int = -1, keepdims: bool = False) -> Any:
+    """Max-shifted ``log(sum(exp(z), axis))``, exact for ``-inf`` entries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(logsumexp(np, np.array([1000.0, 1000.0])))  # no overflow
+    1000.6931471805599
+    """
+    zmax = xp.max(z, axis=axis, keepdims=True)
+    zmax = xp.where(xp.isfinite(zmax), zmax, xp.zeros_like(zmax))
+    out = xp.log(xp.sum(xp.exp(z - zmax), axis=axis, keepdims=True)) + zmax
+    return out if keepdims else xp.squeeze(out, axis=axis)
+
+
+def order_statistics(xp: Any, x: Any, k: int) -> tuple[Any, Any]:
+    """The k-th and (k+1)-th smallest entries along the last axis (1-based), keepdims.
+
+    O(n) where the library has a partial sort (``topk``, ``partition``),
+    otherwise one ``xp.sort``.
+    """
+    if compat.is_torch_namespace(xp):
+        vals = xp.topk(x, k + 1, dim=-1, largest=False, sorted=True).values
+        return vals[..., k - 1 : k], vals[..., k : k + 1]
+    if compat.is_numpy_namespace(xp) or compat.is_cupy_namespace(xp) or compat.is_jax_namespace(xp):
+        part = xp.partition(x, k, axis=-1)
+        return xp.max(part[..., :k], axis=-1, keepdims=True), part[..., k : k + 1]
+    vals = xp.sort(x, axis=-1)
+    return vals[..., k - 1 : k], vals[..., k : k + 1]
+
+
+def add_at_rows(xp: Any, g: Any, index: Any, value: Any) -> Any:
+    """``g[..., index[...]] += value[...]``: one entry per row of ``g`` (shape ``(..., n)``).
+
+    ``index`` and ``value`` have shape ``(...,)``. Returns the result (``g`` may
+    be updated in place; it must be a temporary of the caller's).
+    """
+    n = g.shape[-1]
+    if compat.is_array_api_strict_namespace(xp):
+        # The standard has no indexed add: a one-hot row mask instead.
+        hit = xp.arange(n, device=compat.device(g))[None, :] == xp.reshape(index, (-1, 1))
+        hit = xp.reshape(hit, g.shape)
+        return g + xp.where(hit, value[..., None], xp.zeros_like(g))
+    shape = g.shape
+    flat = xp.reshape(g, (-1,))
+    rows = xp.arange(flat.shape[0] // n, device=compat.device(g), dtype=index.dtype)
+    flat = xpx.at(flat, xp.reshape(index, (-1,)) + rows * n).add(xp.reshape(value, (-1,)))
+    return xp.reshape(flat, shape)
+
+
+def normal_exponent(xp: Any, dtype: Any) -> float:
+    """``-log(smallest normal float)`` of ``dtype``: 87.3 for float32, 708.4 for float64."""
+    return -math.log(float(xp.finfo(dtype).smallest_normal))
