@@ -57,4 +57,12 @@ def while_loop(cond: Callable, body: Callable, state: Any) -> Any:
 
 
 def values_known(x: Any) -> bool:
-    return not torch.compiler.is_compiling()
+    """False while compiling or inside ``torch.func.vmap`` (values are per-sample there)."""
+    if torch.compiler.is_compiling():
+        return False
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        if functorch.is_batchedtensor(x):
+            return False
+        x = functorch.get_unwrapped(x)
+    return True

@@ -1,17 +1,17 @@
 """Exact solver of the two-anchor entropic OT problem: one threshold per row.
 
 With two targets the optimal plan depends on one scalar. For scores ``x``
-(last axis, length n) and a positive per-row ``scale`` the soft selection of
-the k smallest is
+(last axis, length n), a positive per-row ``scale`` and ``sign = +1`` the soft
+selection of the k smallest (``sign = -1``: the k largest) is
 
-    A_i = 1 / (1 + exp(scale * (x_i - c) + tau)),   sum_i A_i = k,
+    A_i = 1 / (1 + exp(sign * scale * (x_i - c) + tau)),   sum_i A_i = k,
 
 a sigmoid of the affine score ``s_i - t`` of methods.md section 2. ``sum A``
 is monotone in ``tau``, so a safeguarded Newton iteration (bracketed, with a
 bisection fallback) reaches machine precision in a handful of O(n) passes at
 any temperature.
 
-Speed: ``c`` starts between the k-th and (k+1)-th smallest scores (an O(n)
+Speed: ``c`` starts between the k-th and (k+1)-th selected scores (an O(n)
 partial sort), ``w_i = exp(scale * (x_i - c))`` is computed once, and each
 Newton step on ``tau`` costs one multiply and one reciprocal per entry, with no
 further ``exp``. ``w`` is clipped to ``exp(+-U)`` so that every product stays a
@@ -30,7 +30,7 @@ from array_api_compat import device as _dev
 from ._dispatch import while_loop
 from ._xp import normal_exponent, order_statistics
 
-__all__ = ["soft_select_smallest", "ThresholdResult"]
+__all__ = ["soft_select", "ThresholdResult"]
 
 MAX_NEWTON = 100
 MAX_RECENTRE = 8
@@ -45,19 +45,20 @@ class ThresholdResult:
     n_iter: Any
 
 
-def soft_select_smallest(xp: Any, x: Any, k: int, scale: Any) -> ThresholdResult:
-    """Soft indicator of the ``k`` smallest entries of ``x`` along the last axis.
+def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> ThresholdResult:
+    """Soft indicator of the ``k`` smallest (or largest) entries of ``x`` along the last axis.
 
     Parameters
     ----------
     x : array, shape ``(..., n)``, real floating
     k : int, ``1 <= k < n``
     scale : array, shape ``(..., 1)``, positive: inverse temperature per row.
+    largest : bool, select the largest entries instead of the smallest.
 
     Examples
     --------
     >>> import numpy as np
-    >>> r = soft_select_smallest(np, np.array([[3.0, 1.0, 2.0, 0.0]]), 2, np.array([[50.0]]))
+    >>> r = soft_select(np, np.array([[3.0, 1.0, 2.0, 0.0]]), 2, np.array([[50.0]]), largest=False)
     >>> np.round(r.indicator, 6).tolist(), float(r.indicator.sum())
     ([[0.0, 1.0, 0.0, 1.0]], 2.0)
     """
@@ -67,12 +68,21 @@ def soft_select_smallest(xp: Any, x: Any, k: int, scale: Any) -> ThresholdResult
     clip, window = 0.45 * log_normal, 0.18 * log_normal
     atol = 4.0 * finfo.eps * k * math.log2(n + 1)
     step_tol = 8.0 * finfo.eps
-    kth, next_ = order_statistics(xp, x, k)
+    log_odds = math.log(k / (n - k))
+    kth, next_ = order_statistics(xp, x, k, largest=largest)
     centre = 0.5 * (kth + next_)
+    slope = -scale if largest else scale
     zero = xp.zeros_like(centre)
+    tiny = xp.asarray(finfo.smallest_normal, dtype=x.dtype)
+    dev = _dev(x)
 
     def newton(w: Any) -> tuple[Any, Any, Any, Any]:
-        """Solve sum(1 / (1 + w e^tau)) = k for tau in [-window, window]."""
+        """Solve sum(1 / (1 + w e^tau)) = k for tau in [-window, window].
+
+        Newton runs on the log-odds ``log S - log(n - S)`` of the total
+        ``S = sum A``, which is nearly linear in ``tau`` in both tails, so a
+        start far from the root costs one or two steps, not ``|tau|`` of them.
+        """
 
         def cond(state: tuple) -> Any:
             it, done = state[0], state[-1]
@@ -84,44 +94,40 @@ def soft_select_smallest(xp: Any, x: Any, k: int, scale: Any) -> ThresholdResult
             a += 1.0
             a **= -1.0
             total = xp.sum(a, axis=-1, keepdims=True)
-            curvature = total - xp.sum(a * a, axis=-1, keepdims=True)  # sum a (1 - a)
+            rest = n - total
+            curvature = total - xp.linalg.vector_norm(a, axis=-1, keepdims=True) ** 2  # sum a (1 - a)
             excess = total - k
             lo = xp.where(excess > 0, tau, lo)
             hi = xp.where(excess > 0, hi, tau)
-            step = excess / xp.maximum(curvature, xp.asarray(finfo.tiny, dtype=x.dtype))
-            newton_tau = tau + step
+            gap = xp.log(xp.maximum(total, tiny)) - xp.log(xp.maximum(rest, tiny)) - log_odds
+            slope = curvature * (1.0 / xp.maximum(total, tiny) + 1.0 / xp.maximum(rest, tiny))
+            newton_tau = tau + gap / xp.maximum(slope, tiny)
             inside = xp.logical_and(newton_tau > lo, newton_tau < hi)
             new_tau = xp.where(inside, newton_tau, 0.5 * (lo + hi))
             now_done = (xp.abs(excess) <= atol) | (xp.abs(new_tau - tau) <= step_tol * (1.0 + xp.abs(tau)))
             done = done | now_done
             return it + 1, xp.where(done, tau, new_tau), lo, hi, a, done
 
-        init = (
-            xp.asarray(0, device=_dev(x)),
-            zero,
-            zero - window,
-            zero + window,
-            w,
-            xp.zeros(centre.shape, dtype=xp.bool, device=_dev(x)),
-        )
+        init = (xp.asarray(0, device=dev), zero, zero - window, zero + window, w, xp.zeros(centre.shape, dtype=xp.bool, device=dev))
         it, tau, _, _, a, done = while_loop(xp, cond, body, init)
         return tau, a, done, it
 
-    def outer_cond(state: tuple) -> Any:
-        it, _, _, _, _, again = state
-        return xp.logical_and(it < MAX_RECENTRE, xp.any(again))
-
-    def outer_body(state: tuple) -> tuple:
-        it, centre, _, _, n_iter, _ = state
-        u = (x - centre) * scale
-        w = xp.exp(xp.clip(u, -clip, clip))
-        tau, a, done, inner = newton(w)
+    def solve_at(centre: Any, it: Any, n_iter: Any) -> tuple:
+        """Newton around ``centre``; ask for another pass where the root left the window."""
+        u = xp.clip(x, centre - clip / scale, centre + clip / scale)
+        u -= centre
+        u *= slope
+        tau, a, done, inner = newton(xp.exp(u))
         again = xp.abs(tau) >= 0.9 * window
-        centre = xp.where(again, centre - tau / scale, centre)
+        centre = xp.where(again, centre - tau / slope, centre)
         return it + 1, centre, a, done, n_iter + inner, again
 
-    true = xp.ones(centre.shape, dtype=xp.bool, device=_dev(x))
-    init = (xp.asarray(0, device=_dev(x)), centre, xp.zeros_like(x), true, xp.asarray(0, device=_dev(x)), true)
-    _, _, a, done, n_iter, again = while_loop(xp, outer_cond, outer_body, init)
+    def outer_cond(state: tuple) -> Any:
+        it, again = state[0], state[-1]
+        return xp.logical_and(it < MAX_RECENTRE, xp.any(again))
+
+    first = solve_at(centre, xp.asarray(0, device=dev), xp.asarray(0, device=dev))
+    _, _, a, done, n_iter, again = while_loop(xp, outer_cond, lambda s: solve_at(s[1], s[0], s[4]), first)
     converged = xp.all(done & xp.logical_not(again))
     return ThresholdResult(a, converged, n_iter)
+

@@ -31,7 +31,7 @@ from ._validate import check_axis, check_choice, check_finite_values, check_int,
 from ._warnings import warn_if_not_converged
 from ._xp import add_at_rows
 from .sinkhorn import plan_from_potentials, plan_vjp, sinkhorn_log
-from .threshold import soft_select_smallest
+from .threshold import soft_select
 
 __all__ = ["soft_topk"]
 
@@ -48,19 +48,23 @@ def _from_rows(xp: Any, y: Any, axis: int, dtype: Any) -> Any:
     return xp.moveaxis(xp.astype(y, dtype, copy=False), -1, axis)
 
 
-def _range(xp: Any, y: Any) -> tuple[Any, Any]:
-    """``R`` with ``M = R^2 = max_i max(y_i^2, (y_i - 1)^2)``, and whether the max is at ``max(y)``."""
-    above = xp.max(y, axis=-1, keepdims=True) - 0.5
-    below = 0.5 - xp.min(y, axis=-1, keepdims=True)
+def _range(xp: Any, x: Any, largest: bool) -> tuple[Any, Any]:
+    """``R`` with ``M = R^2 = max_i max(y_i^2, (y_i - 1)^2)`` for ``y = -x`` (largest) or ``x``,
+    and whether that max sits at ``max(y)`` (else at ``min(y)``)."""
+    x_max, x_min = xp.max(x, axis=-1, keepdims=True), xp.min(x, axis=-1, keepdims=True)
+    y_max, y_min = (-x_min, -x_max) if largest else (x_max, x_min)
+    above, below = y_max - 0.5, 0.5 - y_min
     return xp.maximum(above, below) + 0.5, above >= below
 
 
-def _range_vjp(xp: Any, y: Any, grad: Any, grad_m: Any) -> Any:
+def _range_vjp(xp: Any, x: Any, largest: bool, grad: Any, grad_m: Any) -> Any:
     """Add the gradient that flows through ``M = R^2`` to the extreme entry of each row."""
-    radius, upper = _range(xp, y)
-    grad_r = 2.0 * radius * grad_m
-    index = xp.where(upper[..., 0], xp.argmax(y, axis=-1), xp.argmin(y, axis=-1))
-    return add_at_rows(xp, grad, index, xp.where(upper, grad_r, -grad_r)[..., 0])
+    radius, upper = _range(xp, x, largest)
+    at_x_max = upper != largest  # the extreme y is max(x) or min(x)
+    row_sign = xp.where(at_x_max, xp.ones_like(radius), -xp.ones_like(radius))
+    index = xp.argmax(x * row_sign, axis=-1)
+    # dR/dx at the extreme entry is +1 where it is max(x), -1 where it is min(x)
+    return add_at_rows(xp, grad, index, (2.0 * radius * grad_m * row_sign)[..., 0])
 
 
 def _anchor_cost(xp: Any, y: Any, m: Any) -> Any:
@@ -77,14 +81,15 @@ def _anchor_log_weights(xp: Any, y: Any, k: int) -> tuple[Any, Any]:
 
 
 def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
-    y = _to_rows(xp, -x if largest else x, axis)
-    radius, _ = _range(xp, y)
+    rows = _to_rows(xp, x, axis)
+    radius, _ = _range(xp, rows, largest)
     m = radius * radius
     if method == "exact":
-        result = soft_select_smallest(xp, y, k, 2.0 / (m * epsilon))
+        result = soft_select(xp, rows, k, 2.0 / (m * epsilon), largest=largest)
         indicator, residual = result.indicator, result.indicator
         warn_if_not_converged(xp, result.converged, "soft_topk's threshold solver")
     else:
+        y = -rows if largest else rows
         cost = _anchor_cost(xp, y, m)
         log_a, log_b = _anchor_log_weights(xp, y, k)
         result = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter)
@@ -97,31 +102,31 @@ def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
 def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, method, tol, max_iter):
     (x,) = arrays
     (residual,) = residuals
-    y = _to_rows(xp, -x if largest else x, axis)
+    rows = _to_rows(xp, x, axis)
     v = _to_rows(xp, cotangent, axis)
-    radius, _ = _range(xp, y)
+    radius, _ = _range(xp, rows, largest)
     m = radius * radius
+    sign = -1.0 if largest else 1.0  # y = sign * x is the smallest-k problem
     if method == "exact":
+        # A_i = sigmoid((s_i - t) / eps), s_i = (1 - 2 y_i) / M, t fixed by sum(A) = k.
         indicator = residual
         d = 1.0 - indicator
         d *= indicator
-        tiny = xp.asarray(xp.finfo(d.dtype).tiny, dtype=d.dtype)
-        mean_v = xp.vecdot(d, v)[..., None] / xp.maximum(xp.sum(d, axis=-1, keepdims=True), tiny)
+        tiny = xp.asarray(xp.finfo(d.dtype).smallest_normal, dtype=d.dtype)
+        mean_v = xp.sum(d * v, axis=-1, keepdims=True) / xp.maximum(xp.sum(d, axis=-1, keepdims=True), tiny)
         grad = v - mean_v
-        grad *= d  # = eps * dL/ds
-        grad_m = 2.0 / (m * m * epsilon) * xp.vecdot(grad, y)[..., None]
-        grad *= -2.0 / (m * epsilon)
+        grad *= d  # eps * dL/ds, which sums to zero
+        grad_m = (2.0 * sign / (m * m * epsilon)) * xp.sum(grad * rows, axis=-1, keepdims=True)
+        grad *= (-2.0 * sign) / (m * epsilon)
     else:
         plan = residual
-        n = y.shape[-1]
-        cot = xp.stack([n * v, xp.zeros_like(v)], axis=-1)
+        y = -rows if largest else rows
+        cot = xp.stack([y.shape[-1] * v, xp.zeros_like(v)], axis=-1)
         grad_c = plan_vjp(xp, plan, cot, epsilon)
-        cost = _anchor_cost(xp, y, m)
-        grad = 2.0 * (grad_c[..., 0] * y + grad_c[..., 1] * (y - 1.0)) / m
-        grad_m = -xp.sum(grad_c * cost, axis=(-2, -1))[..., None] / m
-    grad = _range_vjp(xp, y, grad, grad_m)
-    grad = _from_rows(xp, grad, axis, x.dtype)
-    return (-grad if largest else grad,)
+        grad = (2.0 * sign) * (grad_c[..., 0] * y + grad_c[..., 1] * (y - 1.0)) / m
+        grad_m = -xp.sum(grad_c * _anchor_cost(xp, y, m), axis=(-2, -1))[..., None] / m
+    grad = _range_vjp(xp, rows, largest, grad, grad_m)
+    return (_from_rows(xp, grad, axis, x.dtype),)
 
 
 SOFT_TOPK = CoreOp("soft_topk", _forward, _backward)
