@@ -13,7 +13,7 @@ from typing import Any
 import array_api_compat as compat
 import array_api_extra as xpx
 
-__all__ = ["logsumexp", "order_statistics", "add_at_rows", "normal_exponent"]
+__all__ = ["logsumexp", "order_statistics", "add_at_rows", "normal_exponent", "overwrite"]
 
 
 def logsumexp(xp: Any, z: Any, axis: int = -1, keepdims: bool = False) -> Any:
@@ -77,3 +77,13 @@ def add_at_rows(xp: Any, g: Any, index: Any, value: Any) -> Any:
 def normal_exponent(xp: Any, dtype: Any) -> float:
     """``-log(smallest normal float)`` of ``dtype``: 87.3 for float32, 708.4 for float64."""
     return -math.log(float(xp.finfo(dtype).smallest_normal))
+
+
+def overwrite(buffer: Any, value: Any) -> Any:
+    """``value`` written into ``buffer`` in place where the library allows it, else ``value``.
+
+    Reusing a scratch array of the caller's avoids a fresh allocation (page
+    faults dominate element-wise passes on large CPU arrays); JAX arrays are
+    immutable and get a functional update that XLA fuses away.
+    """
+    return xpx.at(buffer)[...].set(value)

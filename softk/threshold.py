@@ -14,9 +14,10 @@ any temperature.
 Speed: ``c`` starts between the k-th and (k+1)-th selected scores (an O(n)
 partial sort), ``w_i = exp(scale * (x_i - c))`` is computed once, and each
 Newton step on ``tau`` costs one multiply and one reciprocal per entry, with no
-further ``exp``. ``w`` is clipped to ``exp(+-U)`` so that every product stays a
-normal float; if the root leaves the window ``|tau| < T`` where that clipping
-is harmless, ``c`` is moved to the root and ``w`` recomputed.
+further ``exp``. ``w`` is clipped to ``exp(+-U)``: every product stays a normal
+float and ``exp`` stays on its fast path (out-of-range arguments cost it 10x);
+if the root leaves the window ``|tau| < T`` where the clipping changes ``A`` by
+far less than rounding, ``c`` is moved to the root and ``w`` recomputed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 from array_api_compat import device as _dev
 
 from ._dispatch import while_loop
-from ._xp import normal_exponent, order_statistics
+from ._xp import normal_exponent, order_statistics, overwrite
 
 __all__ = ["soft_select", "ThresholdResult"]
 
@@ -38,9 +39,11 @@ MAX_RECENTRE = 8
 
 @dataclass(frozen=True)
 class ThresholdResult:
-    """The indicator ``A``; ``converged`` is a 0-d boolean array, ``n_iter`` an int array."""
+    """The indicator ``A``, its sensitivity ``A (1 - A)`` (the sigmoid's derivative, all
+    the VJP needs), ``converged`` (0-d bool array) and ``n_iter`` (int array)."""
 
     indicator: Any
+    sensitivity: Any
     converged: Any
     n_iter: Any
 
@@ -76,7 +79,7 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
     tiny = xp.asarray(finfo.smallest_normal, dtype=x.dtype)
     dev = _dev(x)
 
-    def newton(w: Any) -> tuple[Any, Any, Any, Any]:
+    def newton(w: Any, a: Any) -> tuple[Any, Any, Any, Any]:
         """Solve sum(1 / (1 + w e^tau)) = k for tau in [-window, window].
 
         Newton runs on the log-odds ``log S - log(n - S)`` of the total
@@ -89,8 +92,9 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
             return xp.logical_and(it < MAX_NEWTON, xp.logical_not(xp.all(done)))
 
         def body(state: tuple) -> tuple:
-            it, tau, lo, hi, _, done = state
-            a = w * xp.exp(tau)
+            it, tau, lo, hi, a, done = state
+            a = overwrite(a, w)
+            a *= xp.exp(tau)
             a += 1.0
             a **= -1.0
             total = xp.sum(a, axis=-1, keepdims=True)
@@ -108,7 +112,7 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
             done = done | now_done
             return it + 1, xp.where(done, tau, new_tau), lo, hi, a, done
 
-        init = (xp.asarray(0, device=dev), zero, zero - window, zero + window, w, xp.zeros(centre.shape, dtype=xp.bool, device=dev))
+        init = (xp.asarray(0, device=dev), zero, zero - window, zero + window, a, xp.zeros(centre.shape, dtype=xp.bool, device=dev))
         it, tau, _, _, a, done = while_loop(xp, cond, body, init)
         return tau, a, done, it
 
@@ -117,17 +121,22 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
         u = xp.clip(x, centre - clip / scale, centre + clip / scale)
         u -= centre
         u *= slope
-        tau, a, done, inner = newton(xp.exp(u))
+        w = xp.exp(u)
+        tau, a, done, inner = newton(w, u)  # u is free: it becomes A
         again = xp.abs(tau) >= 0.9 * window
         centre = xp.where(again, centre - tau / slope, centre)
-        return it + 1, centre, a, done, n_iter + inner, again
+        return it + 1, centre, a, w, done, n_iter + inner, again
 
     def outer_cond(state: tuple) -> Any:
         it, again = state[0], state[-1]
         return xp.logical_and(it < MAX_RECENTRE, xp.any(again))
 
     first = solve_at(centre, xp.asarray(0, device=dev), xp.asarray(0, device=dev))
-    _, _, a, done, n_iter, again = while_loop(xp, outer_cond, lambda s: solve_at(s[1], s[0], s[4]), first)
+    _, _, a, w, done, n_iter, again = while_loop(xp, outer_cond, lambda s: solve_at(s[1], s[0], s[5]), first)
+    d = overwrite(w, a)  # w is free: it becomes A (1 - A)
+    d -= 1.0
+    d *= a
+    d *= -1.0
     converged = xp.all(done & xp.logical_not(again))
-    return ThresholdResult(a, converged, n_iter)
+    return ThresholdResult(a, d, converged, n_iter)
 

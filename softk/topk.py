@@ -26,10 +26,11 @@ from typing import Any
 
 from array_api_compat import device
 
+from ._dispatch import values_known
 from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
-from ._xp import add_at_rows
+from ._xp import add_at_rows, overwrite
 from .sinkhorn import plan_from_potentials, plan_vjp, sinkhorn_log
 from .threshold import soft_select
 
@@ -62,7 +63,12 @@ def _range_vjp(xp: Any, x: Any, largest: bool, grad: Any, grad_m: Any) -> Any:
     radius, upper = _range(xp, x, largest)
     at_x_max = upper != largest  # the extreme y is max(x) or min(x)
     row_sign = xp.where(at_x_max, xp.ones_like(radius), -xp.ones_like(radius))
-    index = xp.argmax(x * row_sign, axis=-1)
+    if values_known(xp, at_x_max) and bool(xp.all(at_x_max)):
+        index = xp.argmax(x, axis=-1)
+    elif values_known(xp, at_x_max) and not bool(xp.any(at_x_max)):
+        index = xp.argmin(x, axis=-1)
+    else:
+        index = xp.where(at_x_max[..., 0], xp.argmax(x, axis=-1), xp.argmin(x, axis=-1))
     # dR/dx at the extreme entry is +1 where it is max(x), -1 where it is min(x)
     return add_at_rows(xp, grad, index, (2.0 * radius * grad_m * row_sign)[..., 0])
 
@@ -86,7 +92,7 @@ def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
     m = radius * radius
     if method == "exact":
         result = soft_select(xp, rows, k, 2.0 / (m * epsilon), largest=largest)
-        indicator, residual = result.indicator, result.indicator
+        indicator, residual = result.indicator, result.sensitivity
         warn_if_not_converged(xp, result.converged, "soft_topk's threshold solver")
     else:
         y = -rows if largest else rows
@@ -109,14 +115,20 @@ def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, me
     sign = -1.0 if largest else 1.0  # y = sign * x is the smallest-k problem
     if method == "exact":
         # A_i = sigmoid((s_i - t) / eps), s_i = (1 - 2 y_i) / M, t fixed by sum(A) = k.
-        indicator = residual
-        d = 1.0 - indicator
-        d *= indicator
+        d = residual  # A (1 - A)
+        scratch = d * v
+        sum_dv = xp.sum(scratch, axis=-1, keepdims=True)
+        scratch *= rows
+        sum_dvx = xp.sum(scratch, axis=-1, keepdims=True)
+        scratch = overwrite(scratch, d)
+        scratch *= rows
+        sum_dx = xp.sum(scratch, axis=-1, keepdims=True)
+        del scratch  # freed before the gradient is allocated, so its memory is reused
         tiny = xp.asarray(xp.finfo(d.dtype).smallest_normal, dtype=d.dtype)
-        mean_v = xp.sum(d * v, axis=-1, keepdims=True) / xp.maximum(xp.sum(d, axis=-1, keepdims=True), tiny)
+        mean_v = sum_dv / xp.maximum(xp.sum(d, axis=-1, keepdims=True), tiny)
         grad = v - mean_v
-        grad *= d  # eps * dL/ds, which sums to zero
-        grad_m = (2.0 * sign / (m * m * epsilon)) * xp.sum(grad * rows, axis=-1, keepdims=True)
+        grad *= d  # d * (v - mean_v) = eps * dL/ds, which sums to zero
+        grad_m = (2.0 * sign / (m * m * epsilon)) * (sum_dvx - mean_v * sum_dx)  # sum(grad * x)
         grad *= (-2.0 * sign) / (m * epsilon)
     else:
         plan = residual
