@@ -6,5 +6,7 @@ Each module exposes the same three functions, looked up by
 * ``apply(op, arrays, params)``: run a :class:`softk._op.CoreOp` so that the
   framework's own autograd calls ``op.backward`` (no unrolling);
 * ``while_loop(cond, body, state)``: the framework's data-dependent loop;
-* ``values_known(x)``: whether ``x`` holds concrete values (not a tracer).
+* ``values_known(x)``: whether ``x`` holds concrete values (not a tracer);
+* ``on_false(flag, action)``: call ``action()`` when the 0-d ``flag`` is False
+  (a solver's ``converged``), at once or, under JAX, at run time.
 """

@@ -6,6 +6,6 @@ Gradients come from :func:`softk.vjp`. The loop's stopping test reads one
 
 from __future__ import annotations
 
-from .numpy import apply, values_known, while_loop
+from .numpy import apply, on_false, values_known, while_loop
 
-__all__ = ["apply", "while_loop", "values_known"]
+__all__ = ["apply", "while_loop", "values_known", "on_false"]

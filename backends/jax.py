@@ -1,7 +1,8 @@
 """Glue for JAX: the core's VJP as a ``jax.custom_vjp``, loops as ``lax.while_loop``.
 
-Static parameters become part of the cached custom-VJP function (they are
-hashable Python values), so the op works under ``jit``, ``vmap`` and ``grad``.
+Static parameters become part of the cached, jitted custom-VJP function (they
+are hashable Python values), so the op works under ``jit``, ``vmap`` and
+``grad``, and eager calls compile the solver loop once per shape.
 Forward-mode (``jvp``/``jacfwd``) is not defined for a custom VJP.
 """
 
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["apply", "while_loop", "values_known"]
+__all__ = ["apply", "while_loop", "values_known", "on_false"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -33,7 +34,7 @@ def _custom_vjp(op: Any, params: tuple) -> Callable:
         return tuple(op.backward(jnp, arrays, residuals, cotangent, **kwargs))
 
     fn.defvjp(fwd, bwd)
-    return fn
+    return jax.jit(fn)
 
 
 def apply(op: Any, arrays: tuple, params: dict) -> jax.Array:
@@ -46,3 +47,13 @@ def while_loop(cond: Callable, body: Callable, state: Any) -> Any:
 
 def values_known(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
+
+
+def on_false(flag: jax.Array, action: Callable[[], None]) -> None:
+    """Run ``action`` when ``flag`` is False, at run time (works inside ``jit``)."""
+
+    def callback(value: Any) -> None:
+        if not bool(jnp.all(value)):
+            action()
+
+    jax.debug.callback(callback, flag)

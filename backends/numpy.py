@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from array_api_compat import array_namespace
 
-__all__ = ["apply", "while_loop", "values_known"]
+__all__ = ["apply", "while_loop", "values_known", "on_false"]
 
 
 def apply(op: Any, arrays: tuple, params: dict) -> Any:
@@ -25,3 +25,8 @@ def while_loop(cond: Callable, body: Callable, state: Any) -> Any:
 
 def values_known(x: Any) -> bool:
     return True
+
+
+def on_false(flag: Any, action: Callable[[], None]) -> None:
+    if not bool(flag):
+        action()

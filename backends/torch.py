@@ -13,7 +13,7 @@ from typing import Any, Callable
 import array_api_compat.torch as xp
 import torch
 
-__all__ = ["apply", "while_loop", "values_known"]
+__all__ = ["apply", "while_loop", "values_known", "on_false"]
 
 
 class _CoreFunction(torch.autograd.Function):
@@ -66,3 +66,8 @@ def values_known(x: Any) -> bool:
             return False
         x = functorch.get_unwrapped(x)
     return True
+
+
+def on_false(flag: torch.Tensor, action: Callable[[], None]) -> None:
+    if values_known(flag) and not bool(flag):
+        action()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from ._dispatch import values_known
+from ._dispatch import glue_for
 
 __all__ = ["NotConvergedWarning", "warn_if_not_converged"]
 
@@ -15,6 +15,13 @@ class NotConvergedWarning(RuntimeWarning):
 
 
 def warn_if_not_converged(xp: Any, converged: Any, what: str) -> None:
-    """Warn (eagerly; under ``jit`` nothing can be read) when ``converged`` is False."""
-    if values_known(xp, converged) and not bool(converged):
-        warnings.warn(f"{what} did not converge: raise max_iter or tol, or epsilon", NotConvergedWarning, stacklevel=4)
+    """Warn with :class:`NotConvergedWarning` when the 0-d boolean ``converged`` is False.
+
+    The framework glue decides when the value is read: at once on eager
+    libraries, through ``jax.debug.callback`` under JAX (so also inside ``jit``).
+    """
+    glue_for(xp).on_false(converged, lambda: _warn(what))
+
+
+def _warn(what: str) -> None:
+    warnings.warn(f"{what} did not converge: raise max_iter, tol or epsilon", NotConvergedWarning, stacklevel=2)

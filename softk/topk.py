@@ -40,13 +40,28 @@ METHODS = ("exact", "sinkhorn")
 
 
 def _to_rows(xp: Any, x: Any, axis: int) -> Any:
-    """Move ``axis`` last and compute in at least float32."""
-    x = xp.moveaxis(x, axis, -1)
+    """Move ``axis`` (negative) last and compute in at least float32.
+
+    ``permute_dims`` rather than ``moveaxis``: it has batching rules everywhere
+    (``torch.func.jacrev`` runs the backward under ``vmap``).
+    """
+    if axis != -1:
+        x = xp.permute_dims(x, _last(x.ndim, axis))
     return xp.astype(x, xp.float32) if xp.finfo(x.dtype).bits < 32 else x
 
 
 def _from_rows(xp: Any, y: Any, axis: int, dtype: Any) -> Any:
-    return xp.moveaxis(xp.astype(y, dtype, copy=False), -1, axis)
+    y = xp.astype(y, dtype, copy=False)
+    if axis == -1:
+        return y
+    order = _last(y.ndim, axis)
+    return xp.permute_dims(y, tuple(order.index(i) for i in range(y.ndim)))
+
+
+def _last(ndim: int, axis: int) -> tuple[int, ...]:
+    """The permutation that moves ``axis`` to the end."""
+    axis %= ndim
+    return (*(i for i in range(ndim) if i != axis), axis)
 
 
 def _range(xp: Any, x: Any, largest: bool) -> tuple[Any, Any]:
@@ -58,9 +73,9 @@ def _range(xp: Any, x: Any, largest: bool) -> tuple[Any, Any]:
     return xp.maximum(above, below) + 0.5, above >= below
 
 
-def _range_vjp(xp: Any, x: Any, largest: bool, grad: Any, grad_m: Any) -> Any:
-    """Add the gradient that flows through ``M = R^2`` to the extreme entry of each row."""
-    radius, upper = _range(xp, x, largest)
+def _range_vjp(xp: Any, x: Any, largest: bool, radius: Any, upper: Any, grad: Any, grad_m: Any) -> Any:
+    """Add the gradient that flows through ``M = R^2`` to the extreme entry of each row
+    (``radius, upper = _range(xp, x, largest)``)."""
     at_x_max = upper != largest  # the extreme y is max(x) or min(x)
     row_sign = xp.where(at_x_max, xp.ones_like(radius), -xp.ones_like(radius))
     if values_known(xp, at_x_max) and bool(xp.all(at_x_max)):
@@ -110,7 +125,7 @@ def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, me
     (residual,) = residuals
     rows = _to_rows(xp, x, axis)
     v = _to_rows(xp, cotangent, axis)
-    radius, _ = _range(xp, rows, largest)
+    radius, upper = _range(xp, rows, largest)
     m = radius * radius
     sign = -1.0 if largest else 1.0  # y = sign * x is the smallest-k problem
     if method == "exact":
@@ -137,7 +152,7 @@ def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, me
         grad_c = plan_vjp(xp, plan, cot, epsilon)
         grad = (2.0 * sign) * (grad_c[..., 0] * y + grad_c[..., 1] * (y - 1.0)) / m
         grad_m = -xp.sum(grad_c * _anchor_cost(xp, y, m), axis=(-2, -1))[..., None] / m
-    grad = _range_vjp(xp, rows, largest, grad, grad_m)
+    grad = _range_vjp(xp, rows, largest, radius, upper, grad, grad_m)
     return (_from_rows(xp, grad, axis, x.dtype),)
 
 

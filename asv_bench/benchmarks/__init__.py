@@ -1,0 +1,1 @@
+"""asv benchmarks for softk (see ../README.md)."""
