@@ -1,0 +1,92 @@
+"""One runner per installed framework: convert NumPy data in and out, and take a
+forward + backward pass with that framework's own autograd (``softk.vjp`` where
+the library has none)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+import softk
+
+
+@dataclass
+class Runner:
+    name: str
+    asarray: Callable[[np.ndarray], Any]
+    to_numpy: Callable[[Any], np.ndarray]
+    value_and_grad: Callable[[Any, Any, dict], tuple[Any, Any]]  # (x, v, kwargs) -> (A, v^T dA/dx)
+    sync: Callable[[Any], None] = lambda a: None
+
+
+def _vjp_runner(name: str, xp: Any, to_numpy: Callable, sync: Callable = lambda a: None) -> Runner:
+    def value_and_grad(x, v, kw):
+        out, pullback = softk.vjp(softk.soft_topk, x, **kw)
+        return out, pullback(v)[0]
+
+    return Runner(name, lambda a: xp.asarray(a), to_numpy, value_and_grad, sync)
+
+
+def _torch() -> Runner:
+    import torch
+
+    def value_and_grad(x, v, kw):
+        x = x.detach().requires_grad_(True)
+        out = softk.soft_topk(x, **kw)
+        out.backward(v)
+        return out.detach(), x.grad
+
+    return Runner("torch", torch.asarray, lambda a: a.detach().cpu().numpy(), value_and_grad)
+
+
+def _jax() -> Runner:
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    compiled: dict = {}
+
+    def value_and_grad(x, v, kw):
+        key = tuple(sorted(kw.items()))
+        if key not in compiled:
+            compiled[key] = jax.jit(lambda x, v: (lambda r: (r[0], r[1](v)[0]))(jax.vjp(lambda x: softk.soft_topk(x, **kw), x)))
+        return compiled[key](x, v)
+
+    return Runner("jax (jit)", jnp.asarray, np.asarray, value_and_grad, lambda a: a.block_until_ready())
+
+
+def _strict() -> Runner:
+    import array_api_strict
+
+    return _vjp_runner("array-api-strict", array_api_strict, np.asarray)
+
+
+def _cupy() -> Runner | None:
+    import cupy
+
+    if not cupy.is_available():
+        return None
+    return _vjp_runner("cupy", cupy, cupy.asnumpy, lambda a: cupy.cuda.Device().synchronize())
+
+
+def installed_runners() -> tuple[list[Runner], list[str]]:
+    """The runners for every importable framework, and a note for each one skipped."""
+    runners, skipped = [_vjp_runner("numpy", np, np.asarray)], []
+    for module, make in (("torch", _torch), ("jax", _jax), ("array_api_strict", _strict), ("cupy", _cupy)):
+        if importlib.util.find_spec(module) is None:
+            skipped.append(f"{module}: not installed")
+            continue
+        try:
+            runner = make()
+        except Exception as exc:  # e.g. CuPy without a usable CUDA driver
+            skipped.append(f"{module}: {type(exc).__name__}: {exc}")
+            continue
+        if runner is None:
+            skipped.append(f"{module}: no GPU available")
+        else:
+            runners.append(runner)
+    return runners, skipped

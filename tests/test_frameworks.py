@@ -1,0 +1,118 @@
+"""Each framework's own gradient machinery around the core's VJP: PyTorch and JAX."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import softk
+
+X = np.random.default_rng(3).normal(size=(3, 7))
+
+
+class TestTorch:
+    torch = pytest.importorskip("torch")
+
+    def x(self, dtype="float64"):
+        return self.torch.asarray(X, dtype=getattr(self.torch, dtype))
+
+    @pytest.mark.parametrize("method", ["exact", "sinkhorn"])
+    @pytest.mark.parametrize("axis", [-1, 0])
+    def test_gradcheck(self, method, axis):
+        x = self.x().requires_grad_(True)
+        fn = lambda x: softk.soft_topk(x, 2, epsilon=0.1, axis=axis, method=method, tol=1e-12)  # noqa: E731
+        assert self.torch.autograd.gradcheck(fn, (x,))
+
+    def test_func_vmap_and_grad_match_loops(self):
+        torch = self.torch
+        weights = torch.arange(7.0, dtype=torch.float64)
+        loss = lambda r: (softk.soft_topk(r, 3, epsilon=0.1) * weights).sum()  # noqa: E731
+        batched = torch.func.vmap(torch.func.grad(loss))(self.x())
+        looped = torch.stack([torch.func.grad(loss)(r) for r in self.x()])
+        torch.testing.assert_close(batched, looped)
+        values = torch.func.vmap(lambda r: softk.soft_topk(r, 3, epsilon=0.1))(self.x())
+        torch.testing.assert_close(values, softk.soft_topk(self.x(), 3, epsilon=0.1))
+
+    def test_jacrev_matches_jacobian(self):
+        torch = self.torch
+        fn = lambda x: softk.soft_topk(x, 1, epsilon=0.1, axis=0)  # noqa: E731
+        torch.testing.assert_close(torch.func.jacrev(fn)(self.x()), torch.autograd.functional.jacobian(fn, self.x()))
+
+    def test_compile(self):
+        torch = self.torch
+        compiled = torch.compile(lambda x: softk.soft_topk(x, 2, epsilon=0.1) * 2.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # dynamo reports the solver loop's graph break
+            out = compiled(self.x())
+        torch.testing.assert_close(out, 2.0 * softk.soft_topk(self.x(), 2, epsilon=0.1))
+
+    @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+    def test_half_precision_inputs_are_computed_in_float32(self, dtype):
+        torch = self.torch
+        x = self.x(dtype).requires_grad_(True)
+        out = softk.soft_topk(x, 2, epsilon=0.1)
+        assert out.dtype == x.dtype
+        out.backward(torch.ones_like(out))
+        assert x.grad.dtype == x.dtype and torch.isfinite(x.grad).all()
+        ref = softk.soft_topk(self.x(dtype).float(), 2, epsilon=0.1)
+        torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=0)
+
+    def test_saved_state_is_linear_in_n(self):
+        # No iteration tape: what backward keeps is O(n) per row (n x 2 plan for Sinkhorn).
+        torch = self.torch
+        x = torch.randn(4, 500, dtype=torch.float64, requires_grad=True)
+        for method, per_entry in (("exact", 1), ("sinkhorn", 2)):
+            out = softk.soft_topk(x, 5, epsilon=1e-2, method=method, max_iter=100_000)
+            saved = out.grad_fn.saved_tensors
+            assert sum(t.numel() for t in saved) == x.numel() * (1 + per_entry)
+
+    def test_non_leaf_inputs_are_not_modified(self):
+        torch = self.torch
+        x = self.x().requires_grad_(True)
+        y = x * 1.0
+        before = y.detach().clone()
+        softk.soft_topk(y, 2, epsilon=0.1).sum().backward()
+        torch.testing.assert_close(y.detach(), before)
+
+
+class TestJax:
+    jax = pytest.importorskip("jax")
+
+    def x(self):
+        return self.jax.numpy.asarray(X)
+
+    @pytest.mark.parametrize("method", ["exact", "sinkhorn"])
+    def test_check_grads(self, method):
+        from jax.test_util import check_grads
+
+        fn = lambda x: softk.soft_topk(x, 2, epsilon=0.1, method=method, tol=1e-12)  # noqa: E731
+        check_grads(fn, (self.x(),), order=1, modes=["rev"])
+
+    def test_jit_vmap_grad(self):
+        jax, jnp = self.jax, self.jax.numpy
+        weights = jnp.arange(7.0)
+        loss = lambda r: (softk.soft_topk(r, 3, epsilon=0.05) * weights).sum()  # noqa: E731
+        batched = jax.jit(jax.vmap(jax.grad(loss)))(self.x())
+        looped = jnp.stack([jax.grad(loss)(r) for r in self.x()])
+        np.testing.assert_allclose(batched, looped, atol=1e-12)
+        np.testing.assert_allclose(jax.jit(lambda x: softk.soft_topk(x, 3))(self.x()), softk.soft_topk(self.x(), 3), atol=1e-14)
+
+    def test_grads_finite_for_every_epsilon_in_float32(self):
+        jax, jnp = self.jax, self.jax.numpy
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 1000)), dtype=jnp.float32)
+        for eps in (1.0, 0.1, 1e-2, 1e-3, 1e-4):
+            g = jax.jit(jax.grad(lambda x: (softk.soft_topk(x, 10, epsilon=eps) * jnp.arange(1000.0)).sum()))(x)
+            assert g.dtype == jnp.float32 and bool(jnp.isfinite(g).all()), eps
+
+    def test_non_convergence_is_reported_inside_jit(self):
+        jax = self.jax
+        fn = jax.jit(lambda x: softk.soft_topk(x, 2, epsilon=1e-3, method="sinkhorn", max_iter=10))
+        with pytest.warns(softk.NotConvergedWarning):
+            fn(self.x()).block_until_ready()
+
+    def test_epsilon_must_be_static(self):
+        jax = self.jax
+        with pytest.raises(TypeError, match="epsilon must be a concrete Python float"):
+            jax.jit(lambda x, e: softk.soft_topk(x, 2, epsilon=e))(self.x(), 0.1)
