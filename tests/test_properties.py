@@ -1,0 +1,54 @@
+"""Property-based checks (hypothesis) over shapes, k, epsilon and score scales, against the float64 reference."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import softk
+from reference import soft_topk_reference
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(2, 40))
+    batch = draw(st.integers(1, 3))
+    k = draw(st.integers(1, n - 1))
+    eps = draw(st.floats(1e-3, 10.0))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    offset = draw(st.sampled_from([0.0, 0.5, -20.0, 1e3]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    x = offset + scale * np.random.default_rng(seed).normal(size=(batch, n))
+    return x, k, eps, draw(st.booleans())
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems())
+def test_matches_reference_sums_to_k_and_is_monotone(problem):
+    x, k, eps, largest = problem
+    out = softk.soft_topk(x, k, epsilon=eps, largest=largest)
+    np.testing.assert_allclose(out, soft_topk_reference(x, k, eps, largest), atol=1e-9)
+    np.testing.assert_allclose(out.sum(-1), k, rtol=1e-12)
+    assert (out >= 0).all() and (out <= 1).all()
+    # larger scores never get a smaller share (smaller ones, for largest=False)
+    order = np.argsort(x if largest else -x, axis=-1)
+    assert (np.diff(np.take_along_axis(out, order, -1), axis=-1) >= -1e-12).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_gradient_is_orthogonal_to_constant_cotangent_and_matches_a_directional_difference(problem):
+    x, k, eps, largest = problem
+    out, pullback = softk.vjp(softk.soft_topk, x, k, epsilon=eps, largest=largest)
+    # sum(A) = k for every x, so a constant cotangent has zero gradient
+    (g_const,) = pullback(np.ones_like(x))
+    v = np.random.default_rng(0).normal(size=x.shape)
+    (g,) = pullback(v)
+    assert np.isfinite(g).all()
+    scale = np.abs(x).max() + 1.0
+    assert np.abs(g_const).max() <= 1e-8 * max(1.0, np.abs(g).max())
+    d = np.random.default_rng(1).normal(size=x.shape)
+    h = 1e-6 * scale
+    fd = ((softk.soft_topk(x + h * d, k, epsilon=eps, largest=largest) - softk.soft_topk(x - h * d, k, epsilon=eps, largest=largest)) * v).sum() / (2 * h)
+    assert abs((g * d).sum() - fd) <= 1e-5 * max(1.0, abs(fd))
