@@ -76,8 +76,8 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
     centre = 0.5 * (kth + next_)
     slope = -scale if largest else scale
     zero = xp.zeros_like(centre)
-    tiny = xp.asarray(finfo.smallest_normal, dtype=x.dtype)
     dev = _dev(x)
+    tiny = xp.asarray(finfo.smallest_normal, dtype=x.dtype, device=dev)
 
     def newton(w: Any, a: Any) -> tuple[Any, Any, Any, Any]:
         """Solve sum(1 / (1 + w e^tau)) = k for tau in [-window, window].
@@ -104,8 +104,8 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
             lo = xp.where(excess > 0, tau, lo)
             hi = xp.where(excess > 0, hi, tau)
             gap = xp.log(xp.maximum(total, tiny)) - xp.log(xp.maximum(rest, tiny)) - log_odds
-            slope = curvature * (1.0 / xp.maximum(total, tiny) + 1.0 / xp.maximum(rest, tiny))
-            newton_tau = tau + gap / xp.maximum(slope, tiny)
+            derivative = curvature * (1.0 / xp.maximum(total, tiny) + 1.0 / xp.maximum(rest, tiny))
+            newton_tau = tau + gap / xp.maximum(derivative, tiny)
             inside = xp.logical_and(newton_tau > lo, newton_tau < hi)
             new_tau = xp.where(inside, newton_tau, 0.5 * (lo + hi))
             now_done = (xp.abs(excess) <= atol) | (xp.abs(new_tau - tau) <= step_tol * (1.0 + xp.abs(tau)))

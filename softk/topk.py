@@ -139,7 +139,7 @@ def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, me
         scratch *= rows
         sum_dx = xp.sum(scratch, axis=-1, keepdims=True)
         del scratch  # freed before the gradient is allocated, so its memory is reused
-        tiny = xp.asarray(xp.finfo(d.dtype).smallest_normal, dtype=d.dtype)
+        tiny = xp.asarray(xp.finfo(d.dtype).smallest_normal, dtype=d.dtype, device=device(d))
         mean_v = sum_dv / xp.maximum(xp.sum(d, axis=-1, keepdims=True), tiny)
         grad = v - mean_v
         grad *= d  # d * (v - mean_v) = eps * dL/ds, which sums to zero
