@@ -9,4 +9,7 @@ Each module exposes the same three functions, looked up by
 * ``values_known(x)``: whether ``x`` holds concrete values (not a tracer);
 * ``on_false(flag, action)``: call ``action()`` when the 0-d ``flag`` is False
   (a solver's ``converged``), at once or, under JAX, at run time.
+
+A glue module may also offer ``top_values(x, k, largest)`` where the library's
+namespace has no fast partial sort (JAX: ``lax.top_k``).
 """

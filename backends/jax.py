@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["apply", "while_loop", "values_known", "on_false"]
+__all__ = ["apply", "while_loop", "values_known", "on_false", "top_values"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -57,3 +57,15 @@ def on_false(flag: jax.Array, action: Callable[[], None]) -> None:
             action()
 
     jax.debug.callback(callback, flag)
+
+
+def top_values(x: jax.Array, k: int, *, largest: bool) -> jax.Array:
+    """The ``k`` largest (or smallest) values along the last axis, sorted.
+
+    ``jnp.partition`` lowers to a near-full sort on XLA CPU (~100x slower at
+    n = 1e5); ``lax.top_k`` is O(n), and the barrier stops XLA from fusing the
+    caller's slicing back into a sort.
+    """
+    vals = jax.lax.top_k(x if largest else -x, k)[0]
+    vals = jax.lax.optimization_barrier(vals)
+    return vals if largest else -vals

@@ -10,7 +10,23 @@ One array-API core (``softk``) defines each operator as a forward and a VJP;
 
 from ._op import vjp
 from ._warnings import NotConvergedWarning
+from .ot import SinkhornOutput, sinkhorn, sinkhorn_cost, sinkhorn_divergence, sinkhorn_plan
+from .sorting import soft_quantile, soft_rank, soft_sort
+from .sorting_topk import soft_topk_sorted
 from .topk import soft_topk
 
-__all__ = ["soft_topk", "vjp", "NotConvergedWarning"]
+__all__ = [
+    "soft_topk",
+    "soft_topk_sorted",
+    "soft_sort",
+    "soft_rank",
+    "soft_quantile",
+    "sinkhorn",
+    "sinkhorn_cost",
+    "sinkhorn_plan",
+    "sinkhorn_divergence",
+    "SinkhornOutput",
+    "vjp",
+    "NotConvergedWarning",
+]
 __version__ = "0.1.0"

@@ -42,10 +42,15 @@ def order_statistics(xp: Any, x: Any, k: int, *, largest: bool = False) -> tuple
     (array([3.]), array([2.]))
     """
     n = x.shape[-1]
+    if compat.is_jax_namespace(xp):
+        from ._dispatch import glue_for
+
+        vals = glue_for(xp).top_values(x, k + 1, largest=largest)
+        return vals[..., k - 1 : k], vals[..., k : k + 1]
     if compat.is_torch_namespace(xp):
         vals = xp.topk(x, k + 1, dim=-1, largest=largest, sorted=True).values
         return vals[..., k - 1 : k], vals[..., k : k + 1]
-    if compat.is_numpy_namespace(xp) or compat.is_cupy_namespace(xp) or compat.is_jax_namespace(xp):
+    if compat.is_numpy_namespace(xp) or compat.is_cupy_namespace(xp):
         if largest:  # the (n-k)-th smallest is the (k+1)-th largest
             part = xp.partition(x, n - k - 1, axis=-1)
             return xp.min(part[..., n - k :], axis=-1, keepdims=True), part[..., n - k - 1 : n - k]

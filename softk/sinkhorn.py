@@ -22,7 +22,7 @@ from array_api_compat import device
 from ._dispatch import while_loop
 from ._xp import logsumexp
 
-__all__ = ["SinkhornResult", "sinkhorn_log", "plan_from_potentials", "plan_vjp"]
+__all__ = ["SinkhornResult", "sinkhorn_log", "sinkhorn_block", "plan_from_potentials", "plan_vjp"]
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,13 @@ def sinkhorn_log(
     tol: float = 1e-6,
     max_iter: int = 10_000,
     check_every: int = 10,
+    init: tuple[Any, Any] | None = None,
 ) -> SinkhornResult:
     """Log-domain Sinkhorn iterations on ``cost`` of shape ``(..., n, m)``.
 
-    ``log_a`` (..., n) and ``log_b`` (..., m) are log weights (each summing to one).
+    ``log_a`` (..., n) and ``log_b`` (..., m) are log weights (each summing to one);
+    ``init = (f, g)`` warm-starts from given potentials (default zeros). ``epsilon``
+    may also be a 0-d array (the epsilon-scaling stages of :mod:`softk.scaling`).
 
     Examples
     --------
@@ -64,31 +67,40 @@ def sinkhorn_log(
     """
     a = xp.exp(log_a)
 
+    def body(state: tuple) -> tuple:
+        it, f, g, _ = state
+        f, g, err = sinkhorn_block(xp, cost, log_a, log_b, a, f, g, epsilon, check_every)
+        return it + check_every, f, g, err
+
+    def cond(state: tuple) -> Any:
+        it, _, _, err = state
+        return xp.logical_and(it < max_iter, err > tol)
+
+    dev = device(cost)
+    if init is None:
+        f0 = xp.zeros(log_a.shape, dtype=cost.dtype, device=dev)
+        g0 = xp.zeros(log_b.shape, dtype=cost.dtype, device=dev)
+    else:
+        f0, g0 = init
+    inf = xp.asarray(float("inf"), dtype=cost.dtype, device=dev)
+    it, f, g, err = while_loop(xp, cond, body, (xp.asarray(0, device=dev), f0, g0, inf))
+    return SinkhornResult(f, g, err, it, err <= tol)
+
+
+def sinkhorn_block(xp: Any, cost: Any, log_a: Any, log_b: Any, a: Any, f: Any, g: Any, epsilon: Any, steps: int) -> tuple:
+    """``steps`` log-domain iterations from ``g``; returns ``(f, g, worst row-marginal L1 error)``."""
+
     def f_update(g: Any) -> Any:
         return -epsilon * logsumexp(xp, log_b[..., None, :] + (g[..., None, :] - cost) / epsilon, axis=-1)
 
     def g_update(f: Any) -> Any:
         return -epsilon * logsumexp(xp, log_a[..., :, None] + (f[..., :, None] - cost) / epsilon, axis=-2)
 
-    def cond(state: tuple) -> Any:
-        it, _, _, err = state
-        return xp.logical_and(it < max_iter, err > tol)
-
-    def body(state: tuple) -> tuple:
-        it, f, g, _ = state
-        for _ in range(check_every):
-            f = f_update(g)
-            g = g_update(f)
-        row_sums = a * xp.exp((f - f_update(g)) / epsilon)
-        err = xp.max(xp.sum(xp.abs(row_sums - a), axis=-1))
-        return it + check_every, f, g, err
-
-    dev = device(cost)
-    f0 = xp.zeros(log_a.shape, dtype=cost.dtype, device=dev)
-    g0 = xp.zeros(log_b.shape, dtype=cost.dtype, device=dev)
-    inf = xp.asarray(float("inf"), dtype=cost.dtype, device=dev)
-    it, f, g, err = while_loop(xp, cond, body, (xp.asarray(0, device=dev), f0, g0, inf))
-    return SinkhornResult(f, g, err, it, err <= tol)
+    for _ in range(steps):
+        f = f_update(g)
+        g = g_update(f)
+    row_sums = a * xp.exp((f - f_update(g)) / epsilon)
+    return f, g, xp.max(xp.sum(xp.abs(row_sums - a), axis=-1))
 
 
 def plan_from_potentials(
@@ -98,29 +110,103 @@ def plan_from_potentials(
     return xp.exp(log_a[..., :, None] + log_b[..., None, :] + (f[..., :, None] + g[..., None, :] - cost) / epsilon)
 
 
-def plan_vjp(xp: Any, plan: Any, cotangent: Any, epsilon: float) -> Any:
+def plan_vjp(
+    xp: Any,
+    plan: Any,
+    cotangent: Any,
+    epsilon: float,
+    *,
+    method: str = "schur",
+    with_weights: bool = False,
+    cg_tol: float = 1e-10,
+    cg_max_iter: int = 1000,
+) -> Any:
     """Gradient w.r.t. the cost of ``<V, P(C)>``, by implicit differentiation.
 
     Differentiating the marginal constraints gives a linear system in
-    ``(df, dg)`` with matrix ``[[diag(a), P], [P^T, diag(b)]]``, singular along
-    ``(1, -1)``. Fixing the last target's potential, its Schur complement
-    ``K = diag(b~) - P~^T diag(1/a) P~`` ((m-1) x (m-1)) is solved with a linear
-    solve, then ``dL/dC = P * (u_i + w_j - V_ij) / eps``. Cost O(n m^2 + m^3),
-    memory O(n m). The marginals ``a``, ``b`` are read off ``plan`` itself, so the
-    system is the exact Hessian at the returned plan even before convergence.
+    ``(df, dg)`` with matrix ``H = [[diag(a), P], [P^T, diag(b)]]``, singular
+    along ``(1, -1)``. Its adjoint solution ``H (u, w) = (alpha, beta)``,
+    ``alpha = (V * P) 1``, ``beta = (V * P)^T 1``, gives
+    ``dL/dC = P * (u_i + w_j - V_ij) / eps``, ``dL/da = u`` and ``dL/db = w``
+    (the latter two returned with ``with_weights=True``; they are defined up
+    to ``(u + c, w - c)``). Eliminating ``u`` leaves the Schur complement
+    ``K w = beta - P^T (alpha / a)`` with ``K = diag(b) - P^T diag(1/a) P``:
+
+    * ``method="schur"``: fix ``w_m = 0`` and solve the (m-1) x (m-1) system
+      directly. Cost O(n m^2 + m^3): for few targets.
+    * ``method="cg"``: conjugate gradients on ``K`` itself (positive
+      semi-definite, its null space ``1`` is orthogonal to the right-hand
+      side), Jacobi-preconditioned by ``diag(b)``, two O(n m) matvecs per
+      step, stopped at relative residual ``cg_tol`` or ``cg_max_iter`` steps.
+
+    Memory O(n m) either way. The marginals ``a``, ``b`` are read off ``plan``
+    itself, so the system is the exact Hessian at the returned plan even
+    before convergence.
     """
     weighted = cotangent * plan
     alpha = xp.sum(weighted, axis=-1)
     beta = xp.sum(weighted, axis=-2)
+    del weighted
     a = xp.sum(plan, axis=-1)
     b = xp.sum(plan, axis=-2)
-    m = plan.shape[-1]
-    head = plan[..., : m - 1]
-    head_t = xp.matrix_transpose(head)
-    eye = xp.eye(m - 1, dtype=plan.dtype, device=device(plan))
-    schur = eye * b[..., None, : m - 1] - head_t @ (head / a[..., :, None])
-    rhs = beta[..., : m - 1] - xp.squeeze(head_t @ (alpha / a)[..., :, None], axis=-1)
-    w_head = xp.squeeze(xp.linalg.solve(schur, rhs[..., None]), axis=-1)
-    w = xp.concat([w_head, xp.zeros_like(w_head[..., :1])], axis=-1)
-    u = (alpha - xp.squeeze(plan @ w[..., :, None], axis=-1)) / a
-    return plan * (u[..., :, None] + w[..., None, :] - cotangent) / epsilon
+    rhs = beta - _matvec_t(xp, plan, alpha / a)
+    if method == "cg":
+        w = _schur_cg(xp, plan, a, b, rhs, cg_tol, cg_max_iter)
+    else:
+        m = plan.shape[-1]
+        head = plan[..., : m - 1]
+        head_t = xp.matrix_transpose(head)
+        eye = xp.eye(m - 1, dtype=plan.dtype, device=device(plan))
+        schur = eye * b[..., None, : m - 1] - head_t @ (head / a[..., :, None])
+        # K is singular when the plan is a hard assignment (tiny eps); the true gradient is
+        # then ~0, and a ridge of one ulp of the marginals keeps the solve finite.
+        schur = schur + eye * (xp.finfo(plan.dtype).eps * xp.max(b, axis=-1, keepdims=True)[..., None])
+        w_head = xp.squeeze(xp.linalg.solve(schur, rhs[..., : m - 1, None]), axis=-1)
+        w = xp.concat([w_head, xp.zeros_like(w_head[..., :1])], axis=-1)
+    u = (alpha - _matvec(xp, plan, w)) / a
+    grad = plan * (u[..., :, None] + w[..., None, :] - cotangent) / epsilon
+    return (grad, u, w) if with_weights else grad
+
+
+def _matvec(xp: Any, mat: Any, v: Any) -> Any:
+    """``mat @ v`` over leading batch dimensions."""
+    return xp.squeeze(mat @ v[..., :, None], axis=-1)
+
+
+def _matvec_t(xp: Any, mat: Any, v: Any) -> Any:
+    """``mat^T @ v`` without transposing ``mat`` in memory."""
+    return xp.squeeze(v[..., None, :] @ mat, axis=-2)
+
+
+def _schur_cg(xp: Any, plan: Any, a: Any, b: Any, rhs: Any, tol: float, max_iter: int) -> Any:
+    """Preconditioned CG for ``(diag(b) - P^T diag(1/a) P) w = rhs``, batched."""
+
+    def schur(w: Any) -> Any:
+        return b * w - _matvec_t(xp, plan, _matvec(xp, plan, w) / a)
+
+    def dot(x: Any, y: Any) -> Any:
+        return xp.sum(x * y, axis=-1, keepdims=True)
+
+    tiny = xp.asarray(xp.finfo(plan.dtype).smallest_normal, dtype=plan.dtype, device=device(plan))
+    stop = (tol * tol) * xp.max(dot(rhs, rhs / b))
+    w = xp.zeros_like(rhs)
+    z = rhs / b
+    rz = dot(rhs, z)
+
+    def cond(state: tuple) -> Any:
+        it, _, _, _, rz = state
+        return xp.logical_and(it < max_iter, xp.max(rz) > stop)
+
+    def body(state: tuple) -> tuple:
+        it, w, r, p, rz = state
+        kp = schur(p)
+        step = rz / xp.maximum(dot(p, kp), tiny)
+        w = w + step * p
+        r = r - step * kp
+        z = r / b
+        rz_new = dot(r, z)
+        p = z + (rz_new / xp.maximum(rz, tiny)) * p
+        return it + 1, w, r, p, rz_new
+
+    state = (xp.asarray(0, device=device(plan)), w, rhs, z, rz)
+    return while_loop(xp, cond, body, state)[1]

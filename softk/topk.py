@@ -82,8 +82,10 @@ def _range_vjp(xp: Any, x: Any, largest: bool, radius: Any, upper: Any, grad: An
         index = xp.argmax(x, axis=-1)
     elif values_known(xp, at_x_max) and not bool(xp.any(at_x_max)):
         index = xp.argmin(x, axis=-1)
-    else:
-        index = xp.where(at_x_max[..., 0], xp.argmax(x, axis=-1), xp.argmin(x, axis=-1))
+    else:  # traced (e.g. under jax.jit): first index of the extreme value, fused by the compiler
+        extreme = xp.where(at_x_max, xp.max(x, axis=-1, keepdims=True), xp.min(x, axis=-1, keepdims=True))
+        positions = xp.arange(x.shape[-1], device=device(x))
+        index = xp.min(xp.where(x == extreme, positions, x.shape[-1]), axis=-1)
     # dR/dx at the extreme entry is +1 where it is max(x), -1 where it is min(x)
     return add_at_rows(xp, grad, index, (2.0 * radius * grad_m * row_sign)[..., 0])
 

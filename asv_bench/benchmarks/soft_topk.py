@@ -21,9 +21,9 @@ shows them as skipped / n/a), with the reason as the message:
 
 * hard top-k peers have no soft gradient (no forward + backward);
 * OTT is only run for ``n <= 1e5``; at ``n = 1e5, epsilon = 1e-3`` its forward +
-  backward is skipped too (about 18 s per call with its default implicit
-  backward, whose gradient is NaN, and about 50 s unrolled, also NaN, on a
-  2-core CPU). ``../compare_peers.py`` measures those cases once.
+  backward is skipped too (about 11 s per call with its default implicit
+  backward, whose gradient is NaN, and about 35 s unrolled, also NaN, on a
+  quiet 2-core CPU). ``../compare_peers.py`` measures those cases once.
 * OTT forward + backward first uses OTT's defaults (implicit differentiation);
   if that raises or gives a non-finite gradient, it is retried with
   ``implicit_diff=None`` (unrolled Sinkhorn); if that is non-finite too, the
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import resource
 import warnings
 
@@ -104,12 +105,12 @@ def _is_finite(a) -> bool:
 
 
 def _ott_error(exc: BaseException) -> str:
-    """The informative line of an OTT/lineax runtime error."""
+    """The informative sentence of an OTT/lineax run-time error."""
     text = str(exc)
-    for line in text.splitlines():
-        if "EquinoxRuntimeError" in line or "linear solver" in line:
-            return line.split("EquinoxRuntimeError:")[-1].strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    found = re.search(r"EquinoxRuntimeError:\s*(.*?\.)(\s|$)", text, flags=re.DOTALL)
+    if found:
+        return " ".join(found.group(1).split())
+    return " ".join(text.split())[:200] if text else type(exc).__name__
 
 
 def _build(backend: str, impl: str, n: int, epsilon: float, backward: bool):
@@ -164,8 +165,8 @@ def _build(backend: str, impl: str, n: int, epsilon: float, backward: bool):
                 _skip(f"OTT topk_mask is only benchmarked for n <= {OTT_MAX_N} (too slow above)")
             if backward and (n, epsilon) in OTT_SLOW_BACKWARD:
                 _skip(
-                    f"OTT topk_mask forward+backward at n={n}, epsilon={epsilon} takes ~18 s (defaults, "
-                    "NaN gradient) / ~50 s (implicit_diff=None, NaN gradient) per call: see compare_peers.py"
+                    f"OTT topk_mask forward+backward at n={n}, epsilon={epsilon} takes ~11 s (defaults, "
+                    "NaN gradient) / ~35 s (implicit_diff=None, NaN gradient) per call: see compare_peers.py"
                 )
             fn = lambda x, **kw: ott_soft_sort.topk_mask(x, k=K, epsilon=epsilon, **kw)  # noqa: E731
         if not backward:
@@ -288,6 +289,9 @@ class PeakMemTorch:
         if torch is None:
             raise NotImplementedError("torch is not installed")
         self.batch = 32
+        # One small call first: autograd's first backward allocates ~50 MB once.
+        w = torch.ones(2, 1000, requires_grad=True)
+        softk.soft_topk(w, K, epsilon=0.1).backward(torch.ones(2, 1000))
         gen = torch.Generator().manual_seed(0)
         self.x = torch.randn(self.batch, n, generator=gen).requires_grad_(True)
         self.v = torch.randn(self.batch, n, generator=gen)

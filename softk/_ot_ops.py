@@ -1,0 +1,192 @@
+"""The core ops behind :func:`softk.sinkhorn`: one solve, then the value, plan or ``P v``.
+
+Every op takes the problem arrays, named by the static ``names`` parameter
+(``cost`` or ``x, y``, then optionally ``a``, ``b``). The ``*_AT`` ops also
+take the solved potentials ``fg = concat(f, g)`` as a last array and return
+no gradient for it: ``fg`` comes from :data:`POTENTIALS`, whose backward is
+zero (a stop-gradient), and the ``*_AT`` backwards already account for how
+the optimal potentials move with the problem:
+
+* value ``W = <f, a> + <g, b>`` (the regularised OT cost at the optimum):
+  envelope theorem, ``dW/dC = P``, ``dW/da = f``, ``dW/db = g``;
+* plan ``P`` and ``P v``: implicit differentiation of the marginal
+  constraints (:func:`softk.sinkhorn.plan_vjp`), Schur complement for at most
+  ``SCHUR_MAX`` targets, conjugate gradients beyond.
+
+Weights are renormalised inside the op (``a / sum(a)``) and differentiated
+through that, so weight gradients are centred: ``sum_i a_i dW/da_i = 0``.
+:data:`COST` and :data:`PLAN` are the same ops with their own solve, for
+:func:`softk.vjp`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from array_api_compat import device
+
+from ._op import CoreOp
+from .costs import sqeuclidean, sqeuclidean_vjp
+from .online import solve as online_solve, value_vjp
+from .scaling import solve
+from .sinkhorn import plan_from_potentials, plan_vjp
+
+__all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN"]
+
+SCHUR_MAX = 128  # up to this many targets the implicit system is solved directly
+
+
+def problem(xp: Any, arrays: tuple, names: tuple, online: bool = False) -> tuple[Any, Any, Any, dict]:
+    """``(cost, log_a, log_b, inputs)`` from the op's arrays (weights renormalised).
+
+    ``cost`` is None for point clouds ``online`` (never formed)."""
+    d = dict(zip(names, arrays))
+    if "cost" in d:
+        cost = like = d["cost"]
+        batch, (n, m) = cost.shape[:-2], cost.shape[-2:]
+    else:
+        like, n, m = d["x"], d["x"].shape[-2], d["y"].shape[-2]
+        batch = _broadcast(d["x"].shape[:-2], d["y"].shape[:-2])
+        cost = None if online else sqeuclidean(xp, d["x"], d["y"])
+    return cost, _log_weights(xp, d.get("a"), batch, n, like), _log_weights(xp, d.get("b"), batch, m, like), d
+
+
+def _broadcast(s: tuple, t: tuple) -> tuple:
+    s, t = (1,) * (len(t) - len(s)) + tuple(s), (1,) * (len(s) - len(t)) + tuple(t)
+    return tuple(max(i, j) if 1 in (i, j) else i for i, j in zip(s, t))
+
+
+def _log_weights(xp: Any, w: Any, batch: tuple, n: int, like: Any) -> Any:
+    if w is None:
+        return xp.full((*batch, n), -math.log(n), dtype=like.dtype, device=device(like))
+    w = xp.broadcast_to(w, (*batch, n))
+    return xp.log(w) - xp.log(xp.sum(w, axis=-1, keepdims=True))
+
+
+def split(fg: Any, n: int) -> tuple[Any, Any]:
+    return fg[..., :n], fg[..., n:]
+
+
+def _grads(xp: Any, d: dict, names: tuple, grad_cost: Any, grad_la: Any, grad_lb: Any) -> tuple:
+    """Chain ``dL/dC`` (or ``(dL/dx, dL/dy)``) and the normalised-weight gradients back to the named arrays."""
+    out = {}
+    if "cost" in d:
+        out["cost"] = grad_cost
+    elif isinstance(grad_cost, tuple):  # already (dx, dy): the online value VJP
+        out["x"], out["y"] = grad_cost
+    else:
+        out["x"], out["y"] = sqeuclidean_vjp(xp, d["x"], d["y"], grad_cost)
+    for name, grad in (("a", grad_la), ("b", grad_lb)):
+        if name in d:
+            w = xp.broadcast_to(d[name], grad.shape)
+            total = xp.sum(w, axis=-1, keepdims=True)
+            out[name] = (grad - xp.sum(grad * w, axis=-1, keepdims=True) / total) / total
+    return tuple(_unbroadcast(xp, out[name], d[name].shape) for name in names)
+
+
+def _unbroadcast(xp: Any, grad: Any, shape: tuple) -> Any:
+    """Sum ``grad`` over the dimensions that broadcasting added to an input of ``shape``."""
+    lead = grad.ndim - len(shape)
+    if lead:
+        grad = xp.sum(grad, axis=tuple(range(lead)))
+    axes = tuple(i for i, (s, t) in enumerate(zip(shape, grad.shape)) if s == 1 and t != 1)
+    return xp.sum(grad, axis=axes, keepdims=True) if axes else grad
+
+
+def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling, online, has_init=False, **_):
+    init = None
+    if has_init:
+        arrays, (f0, g0) = arrays[:-2], arrays[-2:]
+    cost, log_a, log_b, d = problem(xp, arrays, names, online)
+    if has_init:
+        init = (xp.broadcast_to(f0, log_a.shape), xp.broadcast_to(g0, log_b.shape))
+    kw = dict(tol=tol, max_iter=max_iter, check_every=check_every, init=init, scaling=scaling)
+    if online:
+        x, y = xp.broadcast_to(d["x"], (*log_a.shape, d["x"].shape[-1])), xp.broadcast_to(d["y"], (*log_b.shape, d["y"].shape[-1]))
+        r = online_solve(xp, x, y, log_a, log_b, epsilon, **kw)
+    else:
+        r = solve(xp, cost, log_a, log_b, epsilon, **kw)
+    dtype = log_a.dtype
+    stats = xp.stack([xp.astype(r.error, dtype), xp.astype(r.n_iter, dtype)])
+    stats = xp.broadcast_to(stats, (*log_a.shape[:-1], 2))
+    return xp.concat([r.f, r.g, stats], axis=-1), ()
+
+
+def _no_gradient(xp, arrays, residuals, cotangent, **_):
+    return tuple(xp.zeros_like(x) for x in arrays)
+
+
+def _value_at(xp, *arrays, names, **_):
+    _, log_a, log_b, _ = problem(xp, arrays[:-1], names, online=True)
+    f, g = split(arrays[-1], log_a.shape[-1])
+    return xp.asarray(xp.sum(xp.exp(log_a) * f, axis=-1) + xp.sum(xp.exp(log_b) * g, axis=-1)), ()
+
+
+def _value_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, online, **_):
+    cost, log_a, log_b, d = problem(xp, arrays[:-1], names, online)
+    f, g = split(arrays[-1], log_a.shape[-1])
+    cot = cotangent[..., None]
+    if online:
+        grad_xy = value_vjp(xp, d["x"], d["y"], log_a, log_b, f, g, epsilon, cotangent)
+        grads = _grads(xp, d, names, grad_xy, cot * f, cot * g)
+    else:
+        plan = plan_from_potentials(xp, cost, log_a, log_b, f, g, epsilon)
+        plan *= cotangent[..., None, None]
+        grads = _grads(xp, d, names, plan, cot * f, cot * g)
+    return (*grads, xp.zeros_like(arrays[-1]))
+
+
+def _plan_at(xp, *arrays, names, epsilon, **_):
+    cost, log_a, log_b, _ = problem(xp, arrays[:-1], names)
+    f, g = split(arrays[-1], log_a.shape[-1])
+    return plan_from_potentials(xp, cost, log_a, log_b, f, g, epsilon), ()
+
+
+def _implicit(xp, arrays, cot_plan, names, epsilon):
+    """Gradients of ``<cot_plan, P>`` (``cot_plan`` broadcastable to the plan)."""
+    plan, _ = _plan_at(xp, *arrays, names=names, epsilon=epsilon)
+    method = "schur" if plan.shape[-1] <= SCHUR_MAX else "cg"
+    grad_cost, u, w = plan_vjp(xp, plan, cot_plan, epsilon, method=method, with_weights=True)
+    _, _, _, d = problem(xp, arrays[:-1], names)
+    return (*_grads(xp, d, names, grad_cost, u, w), xp.zeros_like(arrays[-1]))
+
+
+def _plan_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, **_):
+    return _implicit(xp, arrays, cotangent, names, epsilon)
+
+
+def _apply_at(xp, *arrays, names, epsilon, **_):
+    plan, _ = _plan_at(xp, *arrays[:-1], names=names, epsilon=epsilon)
+    return plan @ arrays[-1], ()
+
+
+def _apply_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, **_):
+    """``P V``: ``dV = P^T cot``; the plan's cotangent is ``cot V^T``."""
+    v = arrays[-1]
+    plan, _ = _plan_at(xp, *arrays[:-1], names=names, epsilon=epsilon)
+    grad_v = _unbroadcast(xp, xp.matrix_transpose(plan) @ cotangent, v.shape)
+    del plan
+    return (*_implicit(xp, arrays[:-1], cotangent @ xp.matrix_transpose(v), names, epsilon), grad_v)
+
+
+def _solving(name: str, at: CoreOp) -> CoreOp:
+    """``at`` preceded by its own solve (``fg`` kept as the residual)."""
+
+    def forward(xp, *arrays, **params):
+        fg, _ = _potentials(xp, *arrays, **params)
+        out, _ = at.forward(xp, *arrays, fg[..., :-2], **params)
+        return out, (fg[..., :-2],)
+
+    def backward(xp, arrays, residuals, cotangent, **params):
+        return at.backward(xp, (*arrays, *residuals), (), cotangent, **params)[:-1]
+
+    return CoreOp(name, forward, backward)
+
+
+POTENTIALS = CoreOp("sinkhorn_potentials", _potentials, _no_gradient)
+VALUE_AT = CoreOp("sinkhorn_value", _value_at, _value_at_vjp)
+PLAN_AT = CoreOp("sinkhorn_plan", _plan_at, _plan_at_vjp)
+APPLY_AT = CoreOp("sinkhorn_apply", _apply_at, _apply_at_vjp)
+COST = _solving("sinkhorn_cost", VALUE_AT)
+PLAN = _solving("sinkhorn_plan", PLAN_AT)

@@ -1,0 +1,317 @@
+"""Soft sort, ranks and quantiles (Cuturi, Teboul, Vert 2019) as one entropic OT plan.
+
+For scores ``x`` (length n along ``axis``, weights ``a_i = 1/n``), the inputs are
+squashed to [0, 1] by ``s = sigmoid((x - mean(x)) / (std(x) + 1e-10))`` (the
+population standard deviation; OTT-JAX's default), the targets are ``M``
+increasing points ``y_j = j / (M - 1)`` with weights ``b``, the cost is
+``C_ij = (s_i - y_j)^2`` and ``epsilon`` is absolute (the cost lies in [0, 1]).
+From the entropic plan ``P``:
+
+* soft ranks (``b = 1/m``): ``r_i = (1 / a_i) sum_j P_ij (n B_j)``, ``B = cumsum(b)``,
+  i.e. 1-based ranks in units of ``n / m``;
+* soft sort (``b = 1/m``): ``sort_j = (P^T x)_j / b_j``, ascending;
+* soft quantiles at sorted levels ``q_1 < ... < q_K``: targets weighted
+  ``[q_1 - w/2, w, q_2 - q_1 - w, w, ..., w, 1 - q_K - w/2]``, read the ``w`` targets.
+
+Few targets (``M <= 32``) are solved by Newton on the semi-dual
+(:mod:`softk.semidual`), more by log-domain Sinkhorn; either way the gradient is
+the implicit VJP of the plan (:func:`softk.sinkhorn.plan_vjp`), chained through
+the squashing.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from array_api_compat import device
+
+from ._op import CoreOp, differentiable
+from ._validate import check_axis, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
+from ._warnings import warn_if_not_converged
+from .semidual import semidual_newton, semidual_plan
+from .sinkhorn import plan_from_potentials, plan_vjp, sinkhorn_log
+from .topk import _from_rows, _to_rows
+
+__all__ = ["soft_sort", "soft_rank", "soft_quantile", "transport_plan", "solver_params"]
+
+METHODS = ("auto", "newton", "sinkhorn")
+NEWTON_MAX_TARGETS = 32
+
+
+def solver_params(xp: Any, x: Any, method: str, tol: Any, max_iter: Any, n_targets: int) -> dict:
+    """Validate and resolve ``method``/``tol``/``max_iter`` (``None``: the method's default)."""
+    check_choice("method", method, METHODS)
+    if method == "auto":
+        method = "newton" if n_targets <= NEWTON_MAX_TARGETS else "sinkhorn"
+    if tol is None:
+        bits32 = xp.finfo(x.dtype).bits <= 32
+        tol = (1e-5 if bits32 else 1e-12) if method == "newton" else (1e-6 if bits32 else 1e-9)
+    tol = check_positive_float("tol", tol)
+    if max_iter is None:
+        max_iter = 200 if method == "newton" else 10_000
+    max_iter = check_int("max_iter", max_iter, 1, 10**9)
+    return dict(method=method, tol=tol, max_iter=max_iter)
+
+
+def transport_plan(
+    xp: Any, cost: Any, log_a: Any, log_b: Any, epsilon: float, *, method: str, tol: float, max_iter: int, what: str
+) -> Any:
+    """The entropic plan by ``"newton"`` (semi-dual) or ``"sinkhorn"``; warns if not converged."""
+    if method == "newton":
+        result = semidual_newton(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter)
+        plan = semidual_plan(xp, cost, log_a, log_b, result.g, epsilon)
+    else:
+        result = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter)
+        plan = plan_from_potentials(xp, cost, log_a, log_b, result.f, result.g, epsilon)
+    warn_if_not_converged(xp, result.converged, f"{what}'s {method} solver")
+    return plan
+
+
+def _squash(xp: Any, x: Any) -> tuple[Any, Any, Any]:
+    """``s = sigmoid(z)``, ``z = (x - mean) / (std + 1e-10)``; also ``z`` and ``std``."""
+    centred = x - xp.mean(x, axis=-1, keepdims=True)
+    std = xp.std(x, axis=-1, keepdims=True)
+    z = centred / (std + 1e-10)
+    e = xp.exp(-xp.abs(z))  # stable on both sides
+    s = xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return s, z, std
+
+
+def _squash_vjp(xp: Any, s: Any, z: Any, std: Any, grad_s: Any) -> Any:
+    """Pull ``grad_s`` back through ``_squash`` (the mean and the std are differentiated)."""
+    gz = grad_s * s * (1.0 - s)
+    denom = std + 1e-10
+    n = z.shape[-1]
+    # z = c / denom with c = x - mean; d std / dx = c / (n std) (0 for constant rows)
+    dstd = xp.where(std > 0, z * denom / (n * xp.where(std > 0, std, xp.ones_like(std))), xp.zeros_like(z))
+    gc = gz / denom - xp.sum(gz * z, axis=-1, keepdims=True) / denom * dstd
+    return gc - xp.mean(gc, axis=-1, keepdims=True)
+
+
+def _target_weights(m: int, quantiles: tuple, width: float) -> list[float]:
+    """``m`` uniform weights, or the quantile targets' weights (fillers between width-``w`` targets)."""
+    if not quantiles:
+        return [1.0 / m] * m
+    edges = [0.0, *quantiles, 1.0]
+    fillers = [hi - lo - width for lo, hi in zip(edges, edges[1:])]
+    fillers[0] += width / 2
+    fillers[-1] += width / 2
+    weights = [fillers[0]]
+    for filler in fillers[1:]:
+        weights += [width, filler]
+    return weights
+
+
+def _problem(xp: Any, rows: Any, n: int, m: int, quantiles: tuple, width: float) -> tuple:
+    s, z, std = _squash(xp, rows)
+    weights = _target_weights(m, quantiles, width)
+    dev, dtype = device(rows), rows.dtype
+    y = xp.linspace(0.0, 1.0, len(weights), dtype=dtype, device=dev)
+    cost = (s[..., :, None] - y) ** 2
+    log_a = xp.full(rows.shape, -math.log(n), dtype=dtype, device=dev)
+    b = xp.asarray(weights, dtype=dtype, device=dev)
+    log_b = xp.broadcast_to(xp.log(b), (*rows.shape[:-1], len(weights)))
+    return s, z, std, y, cost, log_a, log_b, b
+
+
+def _forward(xp, x, *, kind, m, quantiles, width, descending, scalar, epsilon, axis, method, tol, max_iter):
+    rows = _to_rows(xp, x, axis)
+    n = rows.shape[-1]
+    *_, cost, log_a, log_b, b = _problem(xp, rows, n, m, quantiles, width)
+    plan = transport_plan(xp, cost, log_a, log_b, epsilon, method=method, tol=tol, max_iter=max_iter, what=f"soft_{kind}")
+    if kind == "rank":
+        out = n * xp.squeeze(plan @ (n * xp.cumulative_sum(b))[:, None], axis=-1)
+    else:
+        out = xp.squeeze(xp.matrix_transpose(plan) @ rows[..., :, None], axis=-1) / b
+        if kind == "quantile":
+            out = out[..., 1::2]
+        elif descending:
+            out = xp.flip(out, axis=-1)
+    out = _from_rows(xp, out, axis, x.dtype)
+    return (xp.squeeze(out, axis=axis) if scalar else out), (plan,)
+
+
+def _backward(
+    xp, arrays, residuals, cotangent, *, kind, m, quantiles, width, descending, scalar, epsilon, axis, method, tol, max_iter
+):
+    (x,) = arrays
+    (plan,) = residuals
+    rows = _to_rows(xp, x, axis)
+    v = _to_rows(xp, xp.expand_dims(cotangent, axis=axis) if scalar else cotangent, axis)
+    n = rows.shape[-1]
+    s, z, std, y, _, _, _, b = _problem(xp, rows, n, m, quantiles, width)
+    if kind == "rank":
+        cot_plan = (n * v)[..., :, None] * (n * xp.cumulative_sum(b))
+        direct = xp.zeros_like(rows)
+    else:
+        if kind == "quantile":  # scatter into the odd (quantile) targets
+            zeros = xp.zeros_like(v)
+            v = xp.concat([xp.reshape(xp.stack([zeros, v], axis=-1), (*v.shape[:-1], -1)), zeros[..., :1]], axis=-1)
+        elif descending:
+            v = xp.flip(v, axis=-1)
+        vb = v / b
+        cot_plan = rows[..., :, None] * vb[..., None, :]
+        direct = xp.squeeze(plan @ vb[..., :, None], axis=-1)
+    grad_c = plan_vjp(xp, plan, cot_plan, epsilon)
+    grad_s = 2.0 * (s * xp.sum(grad_c, axis=-1) - xp.squeeze(grad_c @ y[:, None], axis=-1))
+    grad = direct + _squash_vjp(xp, s, z, std, grad_s)
+    return (_from_rows(xp, grad, axis, x.dtype),)
+
+
+SOFT_SORT = CoreOp("soft_sort", _forward, _backward)
+
+
+def _prepare(x: Any, kind: str, m: Any, epsilon: Any, axis: Any, method: str, tol: Any, max_iter: Any, **extra: Any) -> tuple:
+    """Validate the arguments shared by the three operators; ``extra``: quantile levels etc."""
+    xp = namespace_of(x=x)
+    axis = check_axis(axis, x.ndim)
+    n = x.shape[axis]
+    if n is None or n < 2:
+        raise ValueError(f"x must have at least 2 entries along axis {axis}, got {n}")
+    m = n if m is None else check_int("m", m, 2, 10**7)
+    params = dict(kind=kind, m=m, quantiles=(), width=0.0, descending=False, scalar=False)
+    params.update(extra)
+    n_targets = 2 * len(params["quantiles"]) + 1 if params["quantiles"] else m
+    epsilon = check_positive_float("epsilon", epsilon)
+    params.update(solver_params(xp, x, method, tol, max_iter, n_targets), epsilon=epsilon, axis=axis)
+    check_finite_values(xp, "x", x)
+    return (x,), params
+
+
+_SOLVER_DOC = """epsilon : float
+        Entropic regularisation, absolute: the cost ``(s_i - y_j)^2`` lies in [0, 1].
+    axis : int
+        Axis of the scores; all other axes are batch axes.
+    method : {"auto", "newton", "sinkhorn"}
+        ``"newton"`` (semi-dual Newton, machine-precision marginals, for few
+        targets), ``"sinkhorn"`` (log-domain Sinkhorn), ``"auto"``: Newton for
+        at most 32 targets. Gradients are implicit (no unrolling) either way.
+    tol, max_iter : float, int, optional
+        Stopping rule. Newton: relative column-marginal error
+        ``max_j |(P^T 1)_j / b_j - 1|`` (default 1e-5 in float32, 1e-12 in
+        float64), at most 200 steps. Sinkhorn: row-marginal L1 error (default
+        1e-6 in float32, 1e-9 in float64), at most 10000 iterations. A
+        :class:`softk.NotConvergedWarning` says when ``max_iter`` is hit."""
+
+
+@differentiable(SOFT_SORT)
+def soft_sort(x: Any, *, epsilon: float = 1e-2, axis: int = -1, m: int | None = None, descending: bool = False,
+              method: str = "auto", tol: float | None = None, max_iter: int | None = None) -> Any:
+    """Soft sort along ``axis``: ``(P^T x)_j / b_j`` for ``m`` uniform targets.
+
+    Tends to ``sort(x)`` as ``epsilon -> 0`` with ``m = n``; with ``m < n``
+    each output is the mean of a block of ``n/m`` consecutive sorted values.
+
+    Parameters
+    ----------
+    x : array, real floating, finite
+    m : int, optional
+        Number of targets (default ``n``), ``m >= 2``.
+    descending : bool
+        Return the values in decreasing order.
+    {solver}
+
+    Returns
+    -------
+    array
+        ``x``'s array type, dtype and device; shape of ``x`` with ``axis`` of size ``m``.
+
+    Examples
+    --------
+    >>> import numpy as np, softk
+    >>> softk.soft_sort(np.array([3.0, 1.0, 2.0]), epsilon=1e-4).round(4).tolist()
+    [1.0, 2.0, 3.0]
+    """
+    if not isinstance(descending, bool):
+        raise TypeError(f"descending must be a bool, got {descending!r}")
+    return _prepare(x, "sort", m, epsilon, axis, method, tol, max_iter, descending=descending)
+
+
+@differentiable(SOFT_SORT)
+def soft_rank(x: Any, *, epsilon: float = 1e-2, axis: int = -1, m: int | None = None,
+              method: str = "auto", tol: float | None = None, max_iter: int | None = None) -> Any:
+    """Soft ranks along ``axis``: ``r_i = n sum_j P_ij (n B_j)``, ``B = cumsum(b)``.
+
+    1-based: tends to the ranks 1 (smallest) ... n (largest) as ``epsilon -> 0``
+    with ``m = n``; with ``m < n`` the ranks come in steps of ``n/m``. (OTT-JAX's
+    ``soft_sort.ranks`` is 0-based: for ``m = n`` it is this minus one.)
+
+    Parameters
+    ----------
+    x : array, real floating, finite
+    m : int, optional
+        Number of uniform targets (default ``n``), ``m >= 2``.
+    {solver}
+
+    Returns
+    -------
+    array
+        Same shape, array type, dtype and device as ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np, softk
+    >>> softk.soft_rank(np.array([3.0, 1.0, 2.0]), epsilon=1e-4).round(4).tolist()
+    [3.0, 1.0, 2.0]
+    """
+    return _prepare(x, "rank", m, epsilon, axis, method, tol, max_iter)
+
+
+@differentiable(SOFT_SORT)
+def soft_quantile(x: Any, q: Any, *, epsilon: float = 1e-2, axis: int = -1, width: float | None = None,
+                  method: str = "auto", tol: float | None = None, max_iter: int | None = None) -> Any:
+    """Soft quantiles at levels ``q`` along ``axis``: ``(P^T x)_j / w`` at the targets of mass ``w``.
+
+    With sorted levels ``q_1 < ... < q_K`` the ``2K + 1`` targets weigh
+    ``[q_1 - w/2, w, q_2 - q_1 - w, ..., w, 1 - q_K - w/2]``; each output is a
+    weighted mean of about ``w n`` order statistics around ``q_k n``.
+
+    Parameters
+    ----------
+    x : array, real floating, finite
+    q : float or sequence of floats
+        Levels in (0, 1), strictly increasing. Static (Python floats).
+    width : float, optional
+        Target mass ``w`` per quantile; default (OTT-JAX's rule)
+        ``min(0.5 / K, half the smallest gap in [0, q, 1], 0.02, 1.5 / n)``.
+    {solver}
+
+    Returns
+    -------
+    array
+        ``x``'s array type, dtype and device; ``axis`` removed for a scalar
+        ``q``, else of size ``K``.
+
+    Examples
+    --------
+    >>> import numpy as np, softk
+    >>> x = np.arange(101.0)
+    >>> float(softk.soft_quantile(x, 0.5, epsilon=1e-5).round(3))
+    50.0
+    """
+    scalar = not isinstance(q, (tuple, list))
+    levels = (q,) if scalar else tuple(q)
+    if not levels:
+        raise ValueError("q must hold at least one level")
+    for level in levels:
+        if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0.0 < float(level) < 1.0:
+            raise ValueError(f"q must hold floats in (0, 1) (static Python numbers), got {level!r}")
+    levels = tuple(float(level) for level in levels)
+    if any(hi <= lo for lo, hi in zip(levels, levels[1:])):
+        raise ValueError(f"q must be strictly increasing, got {levels}")
+    n = x.shape[check_axis(axis, x.ndim)] if hasattr(x, "shape") and hasattr(x, "ndim") else None
+    gaps = [hi - lo for lo, hi in zip((0.0, *levels), (*levels, 1.0))]
+    limit = min(0.5 / len(levels), 0.5 * min(gaps))
+    if width is None:
+        width = min(limit, 0.02, 1.5 / n if n else 0.02)
+    else:
+        width = check_positive_float("width", width)
+        if width >= 2 * limit:
+            raise ValueError(f"width must be < {2 * limit} (the gaps between levels), got {width}")
+    return _prepare(x, "quantile", None, epsilon, axis, method, tol, max_iter, quantiles=levels, width=width, scalar=scalar)
+
+
+for _fn in (soft_sort, soft_rank, soft_quantile):
+    _fn.__doc__ = _fn.__doc__.replace("{solver}", _SOLVER_DOC)
