@@ -124,3 +124,15 @@ class Op:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def central_difference(backend: Backend, op: Callable, x: np.ndarray, v: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    """``d <v, op(x)> / dx`` by central differences in float64, one entry of ``x`` at a time."""
+    fd = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = h
+        plus = backend.to_numpy(op(backend.asarray(x + e, "float64")))
+        minus = backend.to_numpy(op(backend.asarray(x - e, "float64")))
+        fd[idx] = ((plus - minus) * v).sum() / (2 * h)
+    return fd

@@ -10,7 +10,7 @@ import pytest
 from array_api_compat import array_namespace, device
 
 import softk
-from conftest import Op
+from conftest import Op, central_difference
 from softk.semidual import semidual_newton
 from softk.sinkhorn import plan_from_potentials, sinkhorn_log
 from softk.sorting import soft_quantile, soft_rank, soft_sort
@@ -180,13 +180,7 @@ def test_gradient_matches_central_differences(backend, rng, name):
     out = backend.to_numpy(op(backend.asarray(x, "float64")))
     v = rng.normal(size=out.shape)
     _, grad = backend.value_and_grad(op, backend.asarray(x, "float64"), backend.asarray(v, "float64"))
-    fd, h = np.zeros_like(x), 1e-6
-    for idx in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[idx] = h
-        plus = backend.to_numpy(op(backend.asarray(x + e, "float64")))
-        minus = backend.to_numpy(op(backend.asarray(x - e, "float64")))
-        fd[idx] = ((plus - minus) * v).sum() / (2 * h)
+    fd = central_difference(backend, op, x, v)
     np.testing.assert_allclose(backend.to_numpy(grad), fd, atol=1e-6 * max(1.0, np.abs(fd).max()))
 
 
