@@ -27,12 +27,12 @@ from typing import Any
 
 from array_api_compat import device
 
+from ._layout import from_rows, to_rows
 from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
 from .semidual import semidual_newton, semidual_plan
 from .sinkhorn import plan_from_potentials, plan_vjp, sinkhorn_log
-from .topk import _from_rows, _to_rows
 
 __all__ = ["soft_sort", "soft_rank", "soft_quantile", "transport_plan", "solver_params"]
 
@@ -117,7 +117,7 @@ def _problem(xp: Any, rows: Any, n: int, m: int, quantiles: tuple, width: float)
 
 
 def _forward(xp, x, *, kind, m, quantiles, width, descending, scalar, epsilon, axis, method, tol, max_iter):
-    rows = _to_rows(xp, x, axis)
+    rows = to_rows(xp, x, axis)
     n = rows.shape[-1]
     *_, cost, log_a, log_b, b = _problem(xp, rows, n, m, quantiles, width)
     plan = transport_plan(xp, cost, log_a, log_b, epsilon, method=method, tol=tol, max_iter=max_iter, what=f"soft_{kind}")
@@ -129,7 +129,7 @@ def _forward(xp, x, *, kind, m, quantiles, width, descending, scalar, epsilon, a
             out = out[..., 1::2]
         elif descending:
             out = xp.flip(out, axis=-1)
-    out = _from_rows(xp, out, axis, x.dtype)
+    out = from_rows(xp, out, axis, x.dtype)
     return (xp.squeeze(out, axis=axis) if scalar else out), (plan,)
 
 
@@ -138,8 +138,8 @@ def _backward(
 ):
     (x,) = arrays
     (plan,) = residuals
-    rows = _to_rows(xp, x, axis)
-    v = _to_rows(xp, xp.expand_dims(cotangent, axis=axis) if scalar else cotangent, axis)
+    rows = to_rows(xp, x, axis)
+    v = to_rows(xp, xp.expand_dims(cotangent, axis=axis) if scalar else cotangent, axis)
     n = rows.shape[-1]
     s, z, std, y, _, _, _, b = _problem(xp, rows, n, m, quantiles, width)
     if kind == "rank":
@@ -157,7 +157,7 @@ def _backward(
     grad_c = plan_vjp(xp, plan, cot_plan, epsilon)
     grad_s = 2.0 * (s * xp.sum(grad_c, axis=-1) - xp.squeeze(grad_c @ y[:, None], axis=-1))
     grad = direct + _squash_vjp(xp, s, z, std, grad_s)
-    return (_from_rows(xp, grad, axis, x.dtype),)
+    return (from_rows(xp, grad, axis, x.dtype),)
 
 
 SOFT_SORT = CoreOp("soft_sort", _forward, _backward)

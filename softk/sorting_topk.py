@@ -18,12 +18,12 @@ from typing import Any
 
 from array_api_compat import device
 
+from ._layout import from_rows, last_order, to_rows
 from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_finite_values, check_int, check_positive_float, namespace_of
 from ._xp import add_at_rows
 from .sinkhorn import plan_vjp
 from .sorting import solver_params, transport_plan
-from .topk import _from_rows, _last, _to_rows
 
 __all__ = ["soft_topk_sorted"]
 
@@ -33,14 +33,14 @@ def _outward(xp: Any, out: Any, axis: int, dtype: Any) -> Any:
     out = xp.astype(out, dtype, copy=False)
     if axis == -1:
         return out
-    order = _last(out.ndim - 1, axis)
+    order = last_order(out.ndim - 1, axis)
     return xp.permute_dims(out, (*(order.index(i) for i in range(out.ndim - 1)), out.ndim - 1))
 
 
 def _inward(xp: Any, v: Any, axis: int) -> Any:
     """Inverse of :func:`_outward` (before the dtype cast)."""
     if axis != -1:
-        v = xp.permute_dims(v, (*_last(v.ndim - 1, axis), v.ndim - 1))
+        v = xp.permute_dims(v, (*last_order(v.ndim - 1, axis), v.ndim - 1))
     return xp.astype(v, xp.float32) if xp.finfo(v.dtype).bits < 32 else v
 
 
@@ -53,7 +53,7 @@ def _cost(xp: Any, rows: Any, k: int, largest: bool) -> tuple[Any, Any, Any]:
 
 
 def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
-    rows = _to_rows(xp, x, axis)
+    rows = to_rows(xp, x, axis)
     n = rows.shape[-1]
     _, dist, scale = _cost(xp, rows, k, largest)
     dev, dtype = device(rows), rows.dtype
@@ -69,7 +69,7 @@ def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
 def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, method, tol, max_iter):
     (x,) = arrays
     (plan,) = residuals
-    rows = _to_rows(xp, x, axis)
+    rows = to_rows(xp, x, axis)
     n = rows.shape[-1]
     v = _inward(xp, cotangent, axis)
     y, dist, scale = _cost(xp, rows, k, largest)
@@ -85,7 +85,7 @@ def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, me
     y_at = xp.squeeze(xp.take_along_axis(y, row[..., None], axis=-1), axis=-1)
     grad_y = add_at_rows(xp, grad_y, row, 2.0 * (y_at - xp.astype(col, y.dtype)) * grad_scale)
     grad = -grad_y if largest else grad_y
-    return (_from_rows(xp, grad, axis, x.dtype),)
+    return (from_rows(xp, grad, axis, x.dtype),)
 
 
 SOFT_TOPK_SORTED = CoreOp("soft_topk_sorted", _forward, _backward)

@@ -27,6 +27,7 @@ from typing import Any
 from array_api_compat import device
 
 from ._dispatch import values_known
+from ._layout import from_rows, to_rows
 from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
@@ -37,31 +38,6 @@ from .threshold import soft_select
 __all__ = ["soft_topk"]
 
 METHODS = ("exact", "sinkhorn")
-
-
-def _to_rows(xp: Any, x: Any, axis: int) -> Any:
-    """Move ``axis`` (negative) last and compute in at least float32.
-
-    ``permute_dims`` rather than ``moveaxis``: it has batching rules everywhere
-    (``torch.func.jacrev`` runs the backward under ``vmap``).
-    """
-    if axis != -1:
-        x = xp.permute_dims(x, _last(x.ndim, axis))
-    return xp.astype(x, xp.float32) if xp.finfo(x.dtype).bits < 32 else x
-
-
-def _from_rows(xp: Any, y: Any, axis: int, dtype: Any) -> Any:
-    y = xp.astype(y, dtype, copy=False)
-    if axis == -1:
-        return y
-    order = _last(y.ndim, axis)
-    return xp.permute_dims(y, tuple(order.index(i) for i in range(y.ndim)))
-
-
-def _last(ndim: int, axis: int) -> tuple[int, ...]:
-    """The permutation that moves ``axis`` to the end."""
-    axis %= ndim
-    return (*(i for i in range(ndim) if i != axis), axis)
 
 
 def _range(xp: Any, x: Any, largest: bool) -> tuple[Any, Any]:
@@ -104,7 +80,7 @@ def _anchor_log_weights(xp: Any, y: Any, k: int) -> tuple[Any, Any]:
 
 
 def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
-    rows = _to_rows(xp, x, axis)
+    rows = to_rows(xp, x, axis)
     radius, _ = _range(xp, rows, largest)
     m = radius * radius
     if method == "exact":
@@ -119,14 +95,14 @@ def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
         warn_if_not_converged(xp, result.converged, "soft_topk's Sinkhorn solver")
         plan = plan_from_potentials(xp, cost, log_a, log_b, result.f, result.g, epsilon)
         indicator, residual = y.shape[-1] * plan[..., 0], plan
-    return _from_rows(xp, indicator, axis, x.dtype), (residual,)
+    return from_rows(xp, indicator, axis, x.dtype), (residual,)
 
 
 def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, method, tol, max_iter):
     (x,) = arrays
     (residual,) = residuals
-    rows = _to_rows(xp, x, axis)
-    v = _to_rows(xp, cotangent, axis)
+    rows = to_rows(xp, x, axis)
+    v = to_rows(xp, cotangent, axis)
     radius, upper = _range(xp, rows, largest)
     m = radius * radius
     sign = -1.0 if largest else 1.0  # y = sign * x is the smallest-k problem
@@ -155,7 +131,7 @@ def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, me
         grad = (2.0 * sign) * (grad_c[..., 0] * y + grad_c[..., 1] * (y - 1.0)) / m
         grad_m = -xp.sum(grad_c * _anchor_cost(xp, y, m), axis=(-2, -1))[..., None] / m
     grad = _range_vjp(xp, rows, largest, radius, upper, grad, grad_m)
-    return (_from_rows(xp, grad, axis, x.dtype),)
+    return (from_rows(xp, grad, axis, x.dtype),)
 
 
 SOFT_TOPK = CoreOp("soft_topk", _forward, _backward)
