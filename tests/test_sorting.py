@@ -11,6 +11,7 @@ from array_api_compat import array_namespace, device
 
 import softk
 from conftest import Op, central_difference
+from reference import sinkhorn_reference
 from softk.semidual import semidual_newton
 from softk.sinkhorn import plan_from_potentials, sinkhorn_log
 from softk.sorting import soft_quantile, soft_rank, soft_sort
@@ -19,21 +20,11 @@ from softk.sorting_topk import soft_topk_sorted
 # ---------------------------------------------------------------- float64 NumPy references
 
 
-def _plan_reference(cost, a, b, eps, n_iter=5000):
-    """Kernel-mode Sinkhorn on one problem, float64 (fine for cost / eps <= ~50)."""
-    kernel = np.exp(-cost / eps)
-    u, v = np.ones_like(a), np.ones_like(b)
-    for _ in range(n_iter):
-        u = a / (kernel @ v)
-        v = b / (kernel.T @ u)
-    return u[:, None] * kernel * v[None, :]
-
-
 def _ctv_plan(x, b, eps):
     """The CTV 2019 plan for one row: sigmoid of standardised x to linspace(0, 1) targets."""
     s = 1.0 / (1.0 + np.exp(-(x - x.mean()) / (x.std() + 1e-10)))
     y = np.linspace(0.0, 1.0, len(b))
-    return _plan_reference((s[:, None] - y) ** 2, np.full(len(x), 1.0 / len(x)), b, eps)
+    return sinkhorn_reference((s[:, None] - y) ** 2, np.full(len(x), 1.0 / len(x)), b, eps)
 
 
 def sort_reference(x, eps, m):
@@ -56,7 +47,7 @@ def topk_sorted_reference(x, k, eps, largest=True):
     n = len(x)
     dist = (y[:, None] - np.arange(k + 1.0)) ** 2
     b = np.array([1.0 / n] * k + [(n - k) / n])
-    return n * _plan_reference(dist / dist.max(), np.full(n, 1.0 / n), b, eps)[:, :k]
+    return n * sinkhorn_reference(dist / dist.max(), np.full(n, 1.0 / n), b, eps)[:, :k]
 
 
 def per_row(fn, x, *args):
