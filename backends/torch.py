@@ -28,9 +28,12 @@ class _CoreFunction(torch.autograd.Function):
         ctx.op, ctx.params, ctx.n_arrays = op, params, len(arrays)
         ctx.save_for_backward(*arrays, *output[1:])
         ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)  # no zero-filled cotangents for the residual outputs
 
     @staticmethod
-    def backward(ctx: Any, cotangent: torch.Tensor, *_: Any) -> tuple:
+    def backward(ctx: Any, cotangent: torch.Tensor | None, *_: Any) -> tuple:
+        if cotangent is None:
+            return (None,) * (2 + ctx.n_arrays)
         saved = ctx.saved_tensors
         arrays, residuals = saved[: ctx.n_arrays], saved[ctx.n_arrays :]
         grads = ctx.op.backward(xp, arrays, residuals, cotangent.contiguous(), **ctx.params)

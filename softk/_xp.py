@@ -31,33 +31,35 @@ def logsumexp(xp: Any, z: Any, axis: int = -1, keepdims: bool = False) -> Any:
     return out if keepdims else xp.squeeze(out, axis=axis)
 
 
-def order_statistics(xp: Any, x: Any, k: int, *, largest: bool = False) -> tuple[Any, Any]:
-    """The k-th and (k+1)-th smallest (or largest) entries along the last axis (1-based), keepdims.
+def order_statistics(xp: Any, x: Any, k: int, *, largest: bool = False) -> tuple[Any, Any, Any]:
+    """The k-th and (k+1)-th smallest (or largest) entries along the last axis (1-based), keepdims,
+    and the index of the first-ranked entry (shape ``x.shape[:-1]``) where the partial sort gives
+    it for free (``torch.topk``), else ``None``.
 
     O(n) where the library has a partial sort (``topk``, ``partition``),
     otherwise one ``xp.sort``.
 
     >>> import numpy as np
     >>> order_statistics(np, np.array([4.0, 1.0, 3.0, 2.0]), 2, largest=True)
-    (array([3.]), array([2.]))
+    (array([3.]), array([2.]), None)
     """
     n = x.shape[-1]
     if compat.is_jax_namespace(xp):
         from ._dispatch import glue_for
 
         vals = glue_for(xp).top_values(x, k + 1, largest=largest)
-        return vals[..., k - 1 : k], vals[..., k : k + 1]
+        return vals[..., k - 1 : k], vals[..., k : k + 1], None
     if compat.is_torch_namespace(xp):
-        vals = xp.topk(x, k + 1, dim=-1, largest=largest, sorted=True).values
-        return vals[..., k - 1 : k], vals[..., k : k + 1]
+        vals, index = xp.topk(x, k + 1, dim=-1, largest=largest, sorted=True)
+        return vals[..., k - 1 : k], vals[..., k : k + 1], index[..., 0]
     if compat.is_numpy_namespace(xp) or compat.is_cupy_namespace(xp):
         if largest:  # the (n-k)-th smallest is the (k+1)-th largest
             part = xp.partition(x, n - k - 1, axis=-1)
-            return xp.min(part[..., n - k :], axis=-1, keepdims=True), part[..., n - k - 1 : n - k]
+            return xp.min(part[..., n - k :], axis=-1, keepdims=True), part[..., n - k - 1 : n - k], None
         part = xp.partition(x, k, axis=-1)
-        return xp.max(part[..., :k], axis=-1, keepdims=True), part[..., k : k + 1]
+        return xp.max(part[..., :k], axis=-1, keepdims=True), part[..., k : k + 1], None
     vals = xp.sort(x, axis=-1, descending=largest)
-    return vals[..., k - 1 : k], vals[..., k : k + 1]
+    return vals[..., k - 1 : k], vals[..., k : k + 1], None
 
 
 def add_at_rows(xp: Any, g: Any, index: Any, value: Any) -> Any:

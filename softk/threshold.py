@@ -40,12 +40,15 @@ MAX_RECENTRE = 8
 @dataclass(frozen=True)
 class ThresholdResult:
     """The indicator ``A``, its sensitivity ``A (1 - A)`` (the sigmoid's derivative, all
-    the VJP needs), ``converged`` (0-d bool array) and ``n_iter`` (int array)."""
+    the VJP needs), ``converged`` (0-d bool array), ``n_iter`` (int array) and
+    ``top_index``: per row, the index of the most selected entry where the partial
+    sort gave it for free (see :func:`softk._xp.order_statistics`), else ``None``."""
 
     indicator: Any
     sensitivity: Any
     converged: Any
     n_iter: Any
+    top_index: Any = None
 
 
 def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> ThresholdResult:
@@ -72,7 +75,7 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
     atol = 4.0 * finfo.eps * k * math.log2(n + 1)
     step_tol = 8.0 * finfo.eps
     log_odds = math.log(k / (n - k))
-    kth, next_ = order_statistics(xp, x, k, largest=largest)
+    kth, next_, top_index = order_statistics(xp, x, k, largest=largest)
     centre = 0.5 * (kth + next_)
     slope = -scale if largest else scale
     zero = xp.zeros_like(centre)
@@ -138,5 +141,5 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
     d *= a
     d *= -1.0
     converged = xp.all(done & xp.logical_not(again))
-    return ThresholdResult(a, d, converged, n_iter)
+    return ThresholdResult(a, d, converged, n_iter, top_index)
 

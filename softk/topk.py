@@ -49,21 +49,26 @@ def _range(xp: Any, x: Any, largest: bool) -> tuple[Any, Any]:
     return xp.maximum(above, below) + 0.5, above >= below
 
 
-def _range_vjp(xp: Any, x: Any, largest: bool, radius: Any, upper: Any, grad: Any, grad_m: Any) -> Any:
-    """Add the gradient that flows through ``M = R^2`` to the extreme entry of each row
-    (``radius, upper = _range(xp, x, largest)``)."""
+def _extreme(xp: Any, x: Any, largest: bool, upper: Any, top_index: Any) -> tuple[Any, Any]:
+    """Where ``M`` is attained: per row ``dR/dx`` at the extreme entry (+1 at ``max(x)``,
+    -1 at ``min(x)``, shape (..., 1)) and that entry's index (shape (...,)).
+
+    The extreme is the most selected entry where ``upper`` is False; ``top_index``
+    (from the partial sort, or ``None``) then saves a full ``argmax`` pass.
+    """
     at_x_max = upper != largest  # the extreme y is max(x) or min(x)
-    row_sign = xp.where(at_x_max, xp.ones_like(radius), -xp.ones_like(radius))
-    if values_known(xp, at_x_max) and bool(xp.all(at_x_max)):
-        index = xp.argmax(x, axis=-1)
-    elif values_known(xp, at_x_max) and not bool(xp.any(at_x_max)):
-        index = xp.argmin(x, axis=-1)
-    else:  # traced (e.g. under jax.jit): first index of the extreme value, fused by the compiler
-        extreme = xp.where(at_x_max, xp.max(x, axis=-1, keepdims=True), xp.min(x, axis=-1, keepdims=True))
-        positions = xp.arange(x.shape[-1], device=device(x))
-        index = xp.min(xp.where(x == extreme, positions, x.shape[-1]), axis=-1)
-    # dR/dx at the extreme entry is +1 where it is max(x), -1 where it is min(x)
-    return add_at_rows(xp, grad, index, (2.0 * radius * grad_m * row_sign)[..., 0])
+    row_sign = xp.where(at_x_max, xp.ones_like(x[..., :1]), -xp.ones_like(x[..., :1]))
+    known = values_known(xp, upper)
+    if top_index is not None and known and not bool(xp.any(upper)):
+        return row_sign, top_index
+    if known and bool(xp.all(at_x_max)):
+        return row_sign, xp.argmax(x, axis=-1)
+    if known and not bool(xp.any(at_x_max)):
+        return row_sign, xp.argmin(x, axis=-1)
+    # traced (e.g. under jax.jit) or mixed rows: first index of the extreme value, fused by XLA
+    extreme = xp.where(at_x_max, xp.max(x, axis=-1, keepdims=True), xp.min(x, axis=-1, keepdims=True))
+    positions = xp.arange(x.shape[-1], device=device(x))
+    return row_sign, xp.min(xp.where(x == extreme, positions, x.shape[-1]), axis=-1)
 
 
 def _anchor_cost(xp: Any, y: Any, m: Any) -> Any:
@@ -81,11 +86,12 @@ def _anchor_log_weights(xp: Any, y: Any, k: int) -> tuple[Any, Any]:
 
 def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
     rows = to_rows(xp, x, axis)
-    radius, _ = _range(xp, rows, largest)
+    radius, upper = _range(xp, rows, largest)
     m = radius * radius
+    top_index = None
     if method == "exact":
         result = soft_select(xp, rows, k, 2.0 / (m * epsilon), largest=largest)
-        indicator, residual = result.indicator, result.sensitivity
+        indicator, residual, top_index = result.indicator, result.sensitivity, result.top_index
         warn_if_not_converged(xp, result.converged, "soft_topk's threshold solver")
     else:
         y = -rows if largest else rows
@@ -95,31 +101,32 @@ def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
         warn_if_not_converged(xp, result.converged, "soft_topk's Sinkhorn solver")
         plan = plan_from_potentials(xp, cost, log_a, log_b, result.f, result.g, epsilon)
         indicator, residual = y.shape[-1] * plan[..., 0], plan
-    return from_rows(xp, indicator, axis, x.dtype), (residual,)
+    row_sign, index = _extreme(xp, rows, largest, upper, top_index)
+    return from_rows(xp, indicator, axis, x.dtype), (residual, radius, row_sign, index)
 
 
 def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, method, tol, max_iter):
     (x,) = arrays
-    (residual,) = residuals
+    residual, radius, row_sign, index = residuals
     rows = to_rows(xp, x, axis)
     v = to_rows(xp, cotangent, axis)
-    radius, upper = _range(xp, rows, largest)
     m = radius * radius
     sign = -1.0 if largest else 1.0  # y = sign * x is the smallest-k problem
     if method == "exact":
         # A_i = sigmoid((s_i - t) / eps), s_i = (1 - 2 y_i) / M, t fixed by sum(A) = k.
+        # One allocation (the gradient), in-place passes over it for the four row sums.
         d = residual  # A (1 - A)
-        scratch = d * v
-        sum_dv = xp.sum(scratch, axis=-1, keepdims=True)
-        scratch *= rows
-        sum_dvx = xp.sum(scratch, axis=-1, keepdims=True)
-        scratch = overwrite(scratch, d)
-        scratch *= rows
-        sum_dx = xp.sum(scratch, axis=-1, keepdims=True)
-        del scratch  # freed before the gradient is allocated, so its memory is reused
+        grad = d * v
+        sum_dv = xp.sum(grad, axis=-1, keepdims=True)
+        grad *= rows
+        sum_dvx = xp.sum(grad, axis=-1, keepdims=True)
+        grad = overwrite(grad, d)
+        grad *= rows
+        sum_dx = xp.sum(grad, axis=-1, keepdims=True)
         tiny = xp.asarray(xp.finfo(d.dtype).smallest_normal, dtype=d.dtype, device=device(d))
         mean_v = sum_dv / xp.maximum(xp.sum(d, axis=-1, keepdims=True), tiny)
-        grad = v - mean_v
+        grad = overwrite(grad, v)
+        grad -= mean_v
         grad *= d  # d * (v - mean_v) = eps * dL/ds, which sums to zero
         grad_m = (2.0 * sign / (m * m * epsilon)) * (sum_dvx - mean_v * sum_dx)  # sum(grad * x)
         grad *= (-2.0 * sign) / (m * epsilon)
@@ -130,7 +137,8 @@ def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, me
         grad_c = plan_vjp(xp, plan, cot, epsilon)
         grad = (2.0 * sign) * (grad_c[..., 0] * y + grad_c[..., 1] * (y - 1.0)) / m
         grad_m = -xp.sum(grad_c * _anchor_cost(xp, y, m), axis=(-2, -1))[..., None] / m
-    grad = _range_vjp(xp, rows, largest, radius, upper, grad, grad_m)
+    # the gradient through M = R^2 goes to the extreme entry: dM/dx = 2 R dR/dx there
+    grad = add_at_rows(xp, grad, index, (2.0 * radius * grad_m * row_sign)[..., 0])
     return (from_rows(xp, grad, axis, x.dtype),)
 
 

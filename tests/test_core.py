@@ -107,10 +107,13 @@ def test_logsumexp_is_stable(backend):
 def test_order_statistics(backend, rng, largest):
     xp = _namespace(backend)
     x = rng.normal(size=(3, 17))
-    kth, nxt = order_statistics(xp, backend.asarray(x, "float64"), 4, largest=largest)
+    kth, nxt, top = order_statistics(xp, backend.asarray(x, "float64"), 4, largest=largest)
     s = np.sort(-x if largest else x, axis=-1) * (-1 if largest else 1)
     np.testing.assert_array_equal(backend.to_numpy(kth)[:, 0], s[:, 3])
     np.testing.assert_array_equal(backend.to_numpy(nxt)[:, 0], s[:, 4])
+    if top is not None:  # the index of the first-ranked entry, when the partial sort gives it
+        expected = np.argmax(x, axis=-1) if largest else np.argmin(x, axis=-1)
+        np.testing.assert_array_equal(backend.to_numpy(top), expected)
 
 
 def test_add_at_rows(backend):
