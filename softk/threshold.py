@@ -128,18 +128,19 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
         tau, a, done, inner = newton(w, u)  # u is free: it becomes A
         again = xp.abs(tau) >= 0.9 * window
         centre = xp.where(again, centre - tau / slope, centre)
-        return it + 1, centre, a, w, done, n_iter + inner, again
+        return it + 1, centre, a, w, tau, done, n_iter + inner, again
 
     def outer_cond(state: tuple) -> Any:
         it, again = state[0], state[-1]
         return xp.logical_and(it < MAX_RECENTRE, xp.any(again))
 
     first = solve_at(centre, xp.asarray(0, device=dev), xp.asarray(0, device=dev))
-    _, _, a, w, done, n_iter, again = while_loop(xp, outer_cond, lambda s: solve_at(s[1], s[0], s[5]), first)
-    d = overwrite(w, a)  # w is free: it becomes A (1 - A)
-    d -= 1.0
+    _, _, a, w, tau, done, n_iter, again = while_loop(xp, outer_cond, lambda s: solve_at(s[1], s[0], s[6]), first)
+    # w is free: it becomes A (1 - A) = q A^2 with the odds q = w e^tau, in that order
+    # (q A ~ 1), so no cancellation near A = 1 and no underflow of A^2.
+    d = w
+    d *= xp.exp(tau)
     d *= a
-    d *= -1.0
+    d *= a
     converged = xp.all(done & xp.logical_not(again))
     return ThresholdResult(a, d, converged, n_iter, top_index)
-
