@@ -4,6 +4,14 @@ Static parameters become part of the cached, jitted custom-VJP function (they
 are hashable Python values), so the op works under ``jit``, ``vmap`` and
 ``grad``, and eager calls compile the solver loop once per shape.
 Forward-mode (``jvp``/``jacfwd``) is not defined for a custom VJP.
+
+Sharded inputs (``jax.sharding``, see docs/distributed.md) need nothing here
+on meshes with ``Auto`` axes: XLA's partitioner splits the ops and turns the
+reductions over a sharded axis (the log-sum-exps) into collectives. On a mesh
+with ``Explicit`` axes (``jax.make_mesh``'s default) every op must have a
+well-defined output sharding, which the core's slicing does not give, so each
+op runs inside ``jax.sharding.auto_axes``: the partitioner chooses inside it and
+the output keeps the input's sharding on its leading dimensions.
 """
 
 from __future__ import annotations
@@ -38,7 +46,50 @@ def _custom_vjp(op: Any, params: tuple) -> Callable:
 
 
 def apply(op: Any, arrays: tuple, params: dict) -> jax.Array:
-    return _custom_vjp(op, tuple(sorted(params.items())))(*arrays)
+    fn = _custom_vjp(op, tuple(sorted(params.items())))
+    mesh = _explicit_mesh(arrays)
+    return fn(*arrays) if mesh is None else _auto_partitioned(op, fn, arrays, mesh)
+
+
+# Ops whose output is read by slicing single entries (``sinkhorn`` reads error and
+# n_iter from the packed potentials): replicated on Explicit meshes, since Explicit
+# sharding cannot slice one entry out of a sharded dimension.
+_REPLICATED_OUTPUT = frozenset({"sinkhorn_potentials"})
+
+
+def _explicit_mesh(arrays: tuple) -> Any:
+    """The abstract mesh of the first input sharded over ``Explicit`` mesh axes, else None."""
+    typeof = getattr(jax, "typeof", None)  # JAX releases before sharding in types have no Explicit axes
+    if typeof is None:
+        return None
+    for x in arrays:
+        mesh = getattr(getattr(typeof(x), "sharding", None), "mesh", None)
+        if mesh is not None and not mesh.empty and mesh.explicit_axes:
+            return mesh
+    return None
+
+
+def _auto_partitioned(op: Any, fn: Callable, arrays: tuple, mesh: Any) -> jax.Array:
+    """``fn(*arrays)`` with the mesh's Explicit axes switched to Auto inside it."""
+    P = jax.sharding.PartitionSpec
+    with jax.sharding.use_abstract_mesh(mesh):
+        if op.name in _REPLICATED_OUTPUT:
+            spec = P()
+        else:
+            shape = jax.eval_shape(jax.sharding.auto_axes(fn, axes=mesh.explicit_axes, out_sharding=P()), *arrays).shape
+            spec = _leading_spec(arrays[0], shape)
+        return jax.sharding.auto_axes(fn, axes=mesh.explicit_axes, out_sharding=spec)(*arrays)
+
+
+def _leading_spec(x: Any, shape: tuple) -> Any:
+    """``x``'s partition spec on the leading dimensions it shares with ``shape`` (batch, points), then replicated."""
+    spec = tuple(jax.typeof(x).sharding.spec)
+    out = []
+    for i, size in enumerate(shape):
+        if i >= min(x.ndim, len(spec)) or x.shape[i] != size:
+            break
+        out.append(spec[i])
+    return jax.sharding.PartitionSpec(*out)
 
 
 def while_loop(cond: Callable, body: Callable, state: Any) -> Any:

@@ -13,6 +13,19 @@ from ._dispatch import values_known
 __all__ = ["namespace_of", "check_int", "check_positive_float", "check_axis", "check_finite_values", "check_choice"]
 
 
+def _placement(x: Any) -> Any:
+    """The device(s) holding ``x``: a set for JAX arrays (a sharded array spans several, and
+    the same devices under two shardings is one placement), ``None`` where unknown (a JAX
+    tracer), else ``compat.device(x)``."""
+    devices = getattr(x, "devices", None)
+    if callable(devices) and compat.is_jax_array(x):
+        try:
+            return frozenset(devices())
+        except Exception:  # a tracer has no concrete placement
+            return None
+    return compat.device(x)
+
+
 def namespace_of(**arrays: Any) -> Any:
     """The array namespace shared by the named arrays (real floating dtype, one device).
 
@@ -33,7 +46,10 @@ def namespace_of(**arrays: Any) -> Any:
                 f"{name} is a {type(arrays[name]).__module__} array but {first} is a "
                 f"{type(arrays[first]).__module__} array: pass arrays from one framework"
             )
-        if compat.device(arrays[name]) != compat.device(arrays[first]):
+        if _placement(arrays[name]) != _placement(arrays[first]) and None not in (
+            _placement(arrays[name]),
+            _placement(arrays[first]),
+        ):
             raise ValueError(
                 f"{name} is on device {compat.device(arrays[name])} but {first} is on "
                 f"{compat.device(arrays[first])}: move them to one device"
@@ -93,7 +109,10 @@ def check_finite_values(xp: Any, name: str, x: Any) -> None:
     """Reject NaN and infinite entries, where the values can be read (not under ``jit``)."""
     if not values_known(xp, x):
         return
-    if bool(xp.isfinite(xp.sum(x))):
+    total = xp.sum(x)
+    if not values_known(xp, total):
+        return  # a concrete array inside jax.jit: reductions of it are traced
+    if bool(xp.isfinite(total)):
         return  # a sum propagates NaN and inf: one cheap reduction covers the common case
     if bool(xp.any(xp.isnan(x))):
         raise ValueError(f"{name} contains NaN")

@@ -101,6 +101,14 @@ class TestJax:
         np.testing.assert_allclose(batched, looped, atol=1e-12)
         np.testing.assert_allclose(jax.jit(lambda x: softk.soft_topk(x, 3))(self.x()), softk.soft_topk(self.x(), 3), atol=1e-14)
 
+    def test_eager_grad_with_a_concrete_second_array(self):
+        # a tracer has no device: the placement check must not compare it with a concrete array's
+        jax, jnp = self.jax, self.jax.numpy
+        x, y = jnp.asarray(X[:, :2]), jnp.asarray(X[:3, 2:4])
+        grad = jax.grad(lambda x: softk.sinkhorn(x=x, y=y, epsilon=5.0).cost)(x)
+        jitted = jax.jit(jax.grad(lambda x: softk.sinkhorn(x=x, y=y, epsilon=5.0).cost))(x)
+        np.testing.assert_allclose(grad, jitted, atol=1e-12)
+
     def test_grads_finite_for_every_epsilon_in_float32(self):
         jax, jnp = self.jax, self.jax.numpy
         x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 1000)), dtype=jnp.float32)
