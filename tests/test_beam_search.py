@@ -263,5 +263,6 @@ def test_example_quick_mode_prints_its_table():
     pytest.importorskip("torch")
     run = subprocess.run([sys.executable, str(EXAMPLE), "--quick"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "| teacher forcing |" in run.stdout and "| + soft beam search |" in run.stdout
-    assert "sequence accuracy per seed" in run.stdout
+    for row in ("| teacher forcing |", "| + soft beam search |", "| + hard beam search (control) |"):
+        assert row in run.stdout
+    assert "token accuracy (beam) per seed" in run.stdout and "sequence accuracy (beam) per seed" in run.stdout
