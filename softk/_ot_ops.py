@@ -28,13 +28,17 @@ from array_api_compat import device
 
 from ._op import CoreOp
 from .costs import sqeuclidean, sqeuclidean_vjp
-from .online import solve as online_solve, value_vjp
+from .online import PlanBlocks, apply as online_apply, apply_vjp as online_apply_vjp, solve as online_solve, value_vjp
 from .scaling import solve
-from .sinkhorn import plan_from_potentials, plan_vjp
+from .sinkhorn import plan_vjp
 
-__all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN"]
+__all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN", "APPLY"]
 
 SCHUR_MAX = 128  # up to this many targets the implicit system is solved directly
+# The *_AT ops' gradient for ``fg``: None, which PyTorch and JAX read as a zero cotangent. A
+# zero-filled array would make autograd run POTENTIALS' backward, whose zero gradient for the
+# cost (n x m) is then added to the real one: two more n x m arrays at the backward's peak.
+NO_GRADIENT = None
 
 
 def problem(xp: Any, arrays: tuple, names: tuple, online: bool = False) -> tuple[Any, Any, Any, dict]:
@@ -131,16 +135,25 @@ def _value_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, online, *
         grad_xy = value_vjp(xp, d["x"], d["y"], log_a, log_b, f, g, epsilon, cotangent)
         grads = _grads(xp, d, names, grad_xy, cot * f, cot * g)
     else:
-        plan = plan_from_potentials(xp, cost, log_a, log_b, f, g, epsilon)
+        plan = _plan(xp, cost, log_a, log_b, f, g, epsilon)
         plan *= cotangent[..., None, None]
         grads = _grads(xp, d, names, plan, cot * f, cot * g)
-    return (*grads, xp.zeros_like(arrays[-1]))
+    return (*grads, NO_GRADIENT)
 
 
 def _plan_at(xp, *arrays, names, epsilon, **_):
     cost, log_a, log_b, _ = problem(xp, arrays[:-1], names)
     f, g = split(arrays[-1], log_a.shape[-1])
-    return plan_from_potentials(xp, cost, log_a, log_b, f, g, epsilon), ()
+    return _plan(xp, cost, log_a, log_b, f, g, epsilon), ()
+
+
+def _plan(xp, cost, log_a, log_b, f, g, epsilon):
+    """``P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)`` with two n x m arrays at the peak (in place
+    where the library allows; :func:`softk.sinkhorn.plan_from_potentials` makes four or five)."""
+    z = cost / (-epsilon)
+    z += (log_a + f / epsilon)[..., :, None]
+    z += (log_b + g / epsilon)[..., None, :]
+    return xp.exp(z)
 
 
 def _implicit(xp, arrays, cot_plan, names, epsilon):
@@ -149,21 +162,43 @@ def _implicit(xp, arrays, cot_plan, names, epsilon):
     method = "schur" if plan.shape[-1] <= SCHUR_MAX else "cg"
     grad_cost, u, w = plan_vjp(xp, plan, cot_plan, epsilon, method=method, with_weights=True)
     _, _, _, d = problem(xp, arrays[:-1], names)
-    return (*_grads(xp, d, names, grad_cost, u, w), xp.zeros_like(arrays[-1]))
+    return (*_grads(xp, d, names, grad_cost, u, w), NO_GRADIENT)
 
 
 def _plan_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, **_):
     return _implicit(xp, arrays, cotangent, names, epsilon)
 
 
+def _blocks(xp, arrays, names, epsilon):
+    """The plan at the given potentials as :class:`softk.online.PlanBlocks` (never formed),
+    the named inputs and the clouds broadcast to the batch (None for a cost matrix)."""
+    _, log_a, log_b, d = problem(xp, arrays[:-1], names, online=True)  # a cost matrix is never copied
+    x = y = None
+    if "cost" not in d:
+        x = xp.broadcast_to(d["x"], (*log_a.shape, d["x"].shape[-1]))
+        y = xp.broadcast_to(d["y"], (*log_b.shape, d["y"].shape[-1]))
+    f, g = split(arrays[-1], log_a.shape[-1])
+    plan = PlanBlocks(xp, log_a, log_b, f, g, epsilon, cost=d.get("cost"), x=x, y=y)
+    return plan, d, x, y
+
+
 def _apply_at(xp, *arrays, names, epsilon, **_):
-    plan, _ = _plan_at(xp, *arrays[:-1], names=names, epsilon=epsilon)
-    return plan @ arrays[-1], ()
+    """``P V`` one row block of ``P`` at a time (``P`` is never formed)."""
+    plan, _, _, _ = _blocks(xp, arrays[:-1], names, epsilon)
+    return online_apply(xp, plan, arrays[-1]), ()
 
 
-def _apply_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, **_):
-    """``P V``: ``dV = P^T cot``; the plan's cotangent is ``cot V^T``."""
+def _apply_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, online, **_):
+    """``P V``: ``dV = P^T cot``; the plan's cotangent is ``cot V^T``.
+
+    Online: blockwise (:func:`softk.online.apply_vjp`, O(n + m) memory); otherwise ``P`` is formed
+    (the cost matrix, or its gradient, is n x m anyway) and the dense implicit VJP runs on it."""
     v = arrays[-1]
+    if online:
+        plan, d, x, y = _blocks(xp, arrays[:-1], names, epsilon)
+        geometry, u, w, grad_v = online_apply_vjp(xp, plan, v, cotangent, x=x, y=y)
+        grads = _grads(xp, d, names, geometry, u, w)
+        return (*grads, NO_GRADIENT, _unbroadcast(xp, grad_v, v.shape))
     plan, _ = _plan_at(xp, *arrays[:-1], names=names, epsilon=epsilon)
     grad_v = _unbroadcast(xp, xp.matrix_transpose(plan) @ cotangent, v.shape)
     del plan
@@ -184,9 +219,23 @@ def _solving(name: str, at: CoreOp) -> CoreOp:
     return CoreOp(name, forward, backward)
 
 
+def _apply_solving(xp, *arrays, **params):
+    """``P V`` with its own solve: the arrays are the problem's, then ``V``."""
+    fg, _ = _potentials(xp, *arrays[:-1], **params)
+    fg = fg[..., :-2]
+    out, _ = _apply_at(xp, *arrays[:-1], fg, arrays[-1], **params)
+    return out, (fg,)
+
+
+def _apply_solving_vjp(xp, arrays, residuals, cotangent, **params):
+    grads = _apply_at_vjp(xp, (*arrays[:-1], *residuals, arrays[-1]), (), cotangent, **params)
+    return (*grads[:-2], grads[-1])
+
+
 POTENTIALS = CoreOp("sinkhorn_potentials", _potentials, _no_gradient)
 VALUE_AT = CoreOp("sinkhorn_value", _value_at, _value_at_vjp)
 PLAN_AT = CoreOp("sinkhorn_plan", _plan_at, _plan_at_vjp)
 APPLY_AT = CoreOp("sinkhorn_apply", _apply_at, _apply_at_vjp)
 COST = _solving("sinkhorn_cost", VALUE_AT)
 PLAN = _solving("sinkhorn_plan", PLAN_AT)
+APPLY = CoreOp("sinkhorn_apply", _apply_solving, _apply_solving_vjp)

@@ -29,9 +29,9 @@ from array_api_compat import device
 
 from ._dispatch import while_loop
 from ._xp import logsumexp
-from .sinkhorn import SinkhornResult
+from .sinkhorn import SinkhornResult, flushed_exp
 
-__all__ = ["semidual_newton", "semidual_plan"]
+__all__ = ["semidual_newton", "semidual_newton_plan", "semidual_plan"]
 
 MAX_HALVINGS = 40
 STAGE_TOL = 0.1  # relative column-marginal error at which an intermediate epsilon stage is left
@@ -45,7 +45,7 @@ def semidual_plan(xp: Any, cost: Any, log_a: Any, log_b: Any, g: Any, epsilon: f
     but without its rounding (``(f + g - C) / eps`` in float32 at small ``eps``).
     """
     z = log_b[..., None, :] + (g[..., None, :] - cost) / epsilon
-    return xp.exp(log_a[..., :, None] + z - logsumexp(xp, z, keepdims=True))
+    return flushed_exp(xp, log_a[..., :, None] + z - logsumexp(xp, z, keepdims=True))
 
 
 def semidual_newton(
@@ -59,6 +59,7 @@ def semidual_newton(
     max_iter: int = 200,
     eps_start: float = 1.0,
     shrink: float = 0.25,
+    init: Any = None,
 ) -> SinkhornResult:
     """Newton's method on the semi-dual of entropic OT with cost ``(..., n, m)``.
 
@@ -69,7 +70,9 @@ def semidual_newton(
     of ``(g_j - C_ij) / epsilon``), or after ``max_iter`` Newton steps
     (``converged`` is then False); ``error`` is that relative error, worst over
     the batch. ``eps_start`` should be of the order of the cost's range;
-    stages below ``epsilon`` are skipped.
+    stages below ``epsilon`` are skipped. ``init`` (..., m): start from these
+    target potentials directly at ``epsilon`` (no continuation), e.g. the
+    unregularised potentials (:func:`softk.sorting.hard_potentials`).
 
     Examples
     --------
@@ -82,6 +85,34 @@ def semidual_newton(
     >>> bool(r.converged), bool(np.abs(P.sum(0) - 0.5).max() < 1e-14)
     (True, True)
     """
+    return _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, init)[0]
+
+
+def semidual_newton_plan(
+    xp: Any,
+    cost: Any,
+    log_a: Any,
+    log_b: Any,
+    epsilon: float,
+    *,
+    tol: float | None = None,
+    max_iter: int = 200,
+    eps_start: float = 1.0,
+    shrink: float = 0.25,
+    init: Any = None,
+) -> tuple[SinkhornResult, Any]:
+    """:func:`semidual_newton` and its plan (:func:`semidual_plan`), the latter
+    from the solver's last pass when started from ``init``."""
+    result, plan = _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, init)
+    if plan is None:
+        plan = semidual_plan(xp, cost, log_a, log_b, result.g, epsilon)
+    return result, plan
+
+
+def _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, init) -> tuple[SinkhornResult, Any]:
+    """The solver; with ``init`` it carries each pass's plan to the next step (one
+    exponential per step), else it re-evaluates at the start of every step (the
+    epsilon stage may have changed) and returns no plan."""
     dtype, dev = cost.dtype, device(cost)
     if tol is None:
         tol = 1e-5 if xp.finfo(dtype).bits <= 32 else 1e-12
@@ -92,74 +123,103 @@ def semidual_newton(
     a, b = xp.exp(log_a), xp.exp(log_b)
     m = cost.shape[-1]
     eye = xp.eye(m - 1, dtype=dtype, device=dev)
+    carry = init is not None
 
-    def scores(g: Any, eps: Any) -> Any:  # eps: (..., 1, 1)
-        return log_b[..., None, :] + (g[..., None, :] - cost) / eps
+    def evaluate(g: Any, eps_cur: Any) -> tuple[Any, Any, Any]:
+        """One pass: ``F(g)``, the plan ``a_i pi_ij`` and ``lse_i`` (``f = -eps lse``)."""
+        z = log_b[..., None, :] + (g[..., None, :] - cost) / eps_cur[..., None, None]
+        top = xp.max(z, axis=-1, keepdims=True)
+        e = flushed_exp(xp, z - top)
+        total = xp.sum(e, axis=-1, keepdims=True)
+        lse = xp.log(total) + top
+        objective = xp.sum(g * b, axis=-1) - eps_cur * xp.sum(a * lse[..., 0], axis=-1)
+        return objective, e * (a[..., :, None] / total), lse[..., 0]
 
-    def objective(g: Any, eps: Any) -> Any:
-        return xp.sum(g * b, axis=-1) - eps[..., 0, 0] * xp.sum(a * logsumexp(xp, scores(g, eps)), axis=-1)
-
-    def step(g: Any, eps_cur: Any, done: Any) -> Any:
+    def step(g: Any, eps_cur: Any, done: Any, current: tuple) -> tuple:
         """The damped Newton step from ``g`` at ``eps_cur``, after a backtracking line search."""
-        eps = eps_cur[..., None, None]
-        z = scores(g, eps)
-        lse = logsumexp(xp, z, keepdims=True)
-        api = a[..., :, None] * xp.exp(z - lse)  # a_i pi_ij
+        f0, api, lse = current
         col = xp.sum(api, axis=-2)
         grad = b - col
         pi_t = xp.matrix_transpose(api / a[..., :, None])
-        hess = (eye * col[..., None, : m - 1] - (pi_t @ api)[..., : m - 1, : m - 1]) / eps  # -Hess F
+        hess = (eye * col[..., None, : m - 1] - (pi_t @ api)[..., : m - 1, : m - 1]) / eps_cur[..., None, None]  # -Hess F
         damping = (DAMPING * xp.sum(xp.abs(grad), axis=-1) + slack) * xp.mean(col, axis=-1) / eps_cur
         hess = hess + damping[..., None, None] * eye
         d_head = xp.squeeze(xp.linalg.solve(hess, grad[..., : m - 1, None]), axis=-1)
         d = xp.concat([d_head, xp.zeros_like(d_head[..., :1])], axis=-1)
         d = xp.where(done[..., None], xp.zeros_like(d), d)
         slope = xp.sum(grad * d, axis=-1)
-        f0 = xp.sum(g * b, axis=-1) - eps_cur * xp.sum(a * lse[..., 0], axis=-1)  # F(g), from the same pass
         floor = f0 - slack * (xp.abs(f0) + 1.0)
 
+        def accept(found: tuple, ok: Any, new: tuple) -> tuple:
+            fresh = xp.logical_and(ok, xp.logical_not(found[0]))
+            return (
+                xp.logical_or(found[0], ok),
+                xp.where(fresh, new[0], found[1]),
+                xp.where(fresh[..., None, None], new[1], found[2]),
+                xp.where(fresh[..., None], new[2], found[3]),
+            )
+
         def cond(state: tuple) -> Any:
-            j, _, ok = state
-            return xp.logical_and(j < MAX_HALVINGS, xp.logical_not(xp.all(ok)))
+            j, _, found = state[0], state[1], state[2]
+            return xp.logical_and(j < MAX_HALVINGS, xp.logical_not(xp.all(found[0])))
 
         def body(state: tuple) -> tuple:
-            j, t, ok = state
-            good = objective(g + t[..., None] * d, eps) >= floor + 1e-4 * t * slope
-            ok = xp.logical_or(ok, good)
-            return j + 1, xp.where(ok, t, 0.5 * t), ok
+            j, t, found = state
+            t = xp.where(found[0], t, 0.5 * t)
+            new = evaluate(g + t[..., None] * d, eps_cur)
+            ok = new[0] >= floor + 1e-4 * t * slope
+            return j + 1, t, accept(found, ok, new)
 
-        ones = xp.ones(done.shape, dtype=dtype, device=dev)
-        _, t, ok = while_loop(xp, cond, body, (xp.asarray(0, device=dev), ones, done))
-        return g + xp.where(ok, t, xp.zeros_like(t))[..., None] * d
-
-    def column_error(g: Any, eps_cur: Any) -> Any:
-        z = scores(g, eps_cur[..., None, None])
-        col = xp.sum(a[..., :, None] * xp.exp(z - logsumexp(xp, z, keepdims=True)), axis=-2)
-        return xp.max(xp.abs(col / b - 1.0), axis=-1)
+        t = xp.ones(done.shape, dtype=dtype, device=dev)
+        new = evaluate(g + d, eps_cur)
+        ok = xp.logical_or(done, new[0] >= floor + 1e-4 * slope)
+        found = (ok, new[0], new[1], new[2])
+        _, t, found = while_loop(xp, cond, body, (xp.asarray(1, device=dev), t, found))
+        ok = found[0]
+        t = xp.where(ok, t, xp.zeros_like(t))
+        # no acceptable step: stay at g (and its pass)
+        kept = accept(found, xp.ones_like(ok), current)[1:]
+        return g + t[..., None] * d, kept
 
     final = epsilon * (1.0 + 1e-6)  # eps_cur holds epsilon rounded to dtype at the last stage
 
     def is_done(eps_cur: Any, err: Any) -> Any:
         return xp.logical_and(eps_cur <= final, err <= tol)
 
+    def column_error(api: Any) -> Any:
+        return xp.max(xp.abs(xp.sum(api, axis=-2) / b - 1.0), axis=-1)
+
     def cond(state: tuple) -> Any:
-        it, _, eps_cur, err = state
+        it, _, eps_cur, err = state[:4]
         return xp.logical_and(it < max_iter, xp.logical_not(xp.all(is_done(eps_cur, err))))
 
     def body(state: tuple) -> tuple:
-        it, g, eps_cur, err = state
-        g = step(g, eps_cur, is_done(eps_cur, err))
-        err = column_error(g, eps_cur)
+        it, g, eps_cur, err, current = state
+        if not carry:
+            current = evaluate(g, eps_cur)
+        g, current = step(g, eps_cur, is_done(eps_cur, err), current)
+        err = column_error(current[1])
+        if carry:
+            return it + 1, g, eps_cur, err, current
         # leave an intermediate stage once its marginals are roughly right
         next_eps = xp.where(err <= STAGE_TOL, xp.maximum(eps_cur * shrink, xp.full_like(eps_cur, epsilon)), eps_cur)
         stay = eps_cur <= final
-        return it + 1, g, xp.where(stay, eps_cur, next_eps), xp.where(stay, err, xp.full_like(err, float("inf")))
+        return it + 1, g, xp.where(stay, eps_cur, next_eps), xp.where(stay, err, xp.full_like(err, float("inf"))), current
 
     batch = cost.shape[:-2]
-    g0 = xp.zeros(log_b.shape, dtype=dtype, device=dev)
-    eps0 = xp.full(batch, max(epsilon, eps_start), dtype=dtype, device=dev)
-    err0 = xp.full(batch, float("inf"), dtype=dtype, device=dev)
-    it, g, eps_cur, err = while_loop(xp, cond, body, (xp.asarray(0, device=dev), g0, eps0, err0))
-    f = -epsilon * logsumexp(xp, log_b[..., None, :] + (g[..., None, :] - cost) / epsilon)
+    eps0 = xp.full(batch, epsilon if carry else max(epsilon, eps_start), dtype=dtype, device=dev)
+    if carry:
+        g0 = xp.astype(xp.broadcast_to(init, log_b.shape), dtype)
+        current = evaluate(g0, eps0)
+        err0 = column_error(current[1])
+    else:
+        g0 = xp.zeros(log_b.shape, dtype=dtype, device=dev)
+        current = evaluate(g0, eps0)  # placeholder of the loop state's shapes
+        err0 = xp.full(batch, float("inf"), dtype=dtype, device=dev)
+    it, g, eps_cur, err, current = while_loop(xp, cond, body, (xp.asarray(0, device=dev), g0, eps0, err0, current))
+    if carry:
+        f, plan = -epsilon * current[2], current[1]
+    else:
+        f, plan = -epsilon * logsumexp(xp, log_b[..., None, :] + (g[..., None, :] - cost) / epsilon), None
     worst = xp.max(xp.reshape(err, (-1,)))
-    return SinkhornResult(f, g, worst, it, xp.all(is_done(eps_cur, err)))
+    return SinkhornResult(f, g, worst, it, xp.all(is_done(eps_cur, err))), plan

@@ -13,14 +13,19 @@ From the entropic plan ``P``:
 * soft quantiles at sorted levels ``q_1 < ... < q_K``: targets weighted
   ``[q_1 - w/2, w, q_2 - q_1 - w, w, ..., w, 1 - q_K - w/2]``, read the ``w`` targets.
 
-Few targets (``M <= 32``) are solved by Newton on the semi-dual
-(:mod:`softk.semidual`), more by log-domain Sinkhorn; either way the gradient is
-the implicit VJP of the plan (:func:`softk.sinkhorn.plan_vjp`), chained through
-the squashing.
+Both solvers start from the unregularised potentials, which one sort gives in
+1-D (:func:`hard_potentials`). Few targets (``M <= 32``) are solved by Newton on
+the semi-dual (:mod:`softk.semidual`), more by Sinkhorn (:func:`softk.scaling.solve_plan`:
+kernel-mode matrix-vector products with absorption and adaptive over-relaxation;
+log-domain under ``jax.jit``). Either way the gradient is the implicit VJP of
+the plan, chained through the squashing without forming an n x M array
+(:func:`outer_plan_vjp`: every output's cotangent on the plan has rank one), with
+a direct Schur-complement solve up to 64 targets and conjugate gradients above.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from typing import Any
@@ -31,13 +36,15 @@ from ._layout import from_rows, to_rows
 from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
-from .semidual import semidual_newton, semidual_plan
-from .sinkhorn import plan_from_potentials, plan_vjp, sinkhorn_log
+from .scaling import solve_plan as sinkhorn_plan
+from .semidual import semidual_newton_plan
+from .sinkhorn import schur_solve
 
-__all__ = ["soft_sort", "soft_rank", "soft_quantile", "transport_plan", "solver_params"]
+__all__ = ["soft_sort", "soft_rank", "soft_quantile", "transport_plan", "solver_params", "hard_potentials", "outer_plan_vjp"]
 
 METHODS = ("auto", "newton", "sinkhorn")
 NEWTON_MAX_TARGETS = 32
+DIRECT_MAX_TARGETS = 64  # backward: direct Schur solve up to this many targets, conjugate gradients above
 
 
 def solver_params(xp: Any, x: Any, method: str, tol: Any, max_iter: Any, n_targets: int) -> dict:
@@ -56,17 +63,58 @@ def solver_params(xp: Any, x: Any, method: str, tol: Any, max_iter: Any, n_targe
 
 
 def transport_plan(
-    xp: Any, cost: Any, log_a: Any, log_b: Any, epsilon: float, *, method: str, tol: float, max_iter: int, what: str
+    xp: Any, cost: Any, log_a: Any, log_b: Any, epsilon: float, *, method: str, tol: float, max_iter: int, what: str,
+    init: tuple[Any, Any] | None = None,
 ) -> Any:
-    """The entropic plan by ``"newton"`` (semi-dual) or ``"sinkhorn"``; warns if not converged."""
+    """The entropic plan by ``"newton"`` (semi-dual) or ``"sinkhorn"``; warns if not converged.
+
+    ``init = (f, g)``: warm start (e.g. :func:`hard_potentials`; Newton uses
+    ``g`` only, ``f`` may be ``None``), which replaces epsilon continuation.
+    Sinkhorn is :func:`softk.scaling.solve_plan` (kernel-mode, absorption-stabilised,
+    over-relaxed; log-domain under ``jax.jit``).
+    """
     if method == "newton":
-        result = semidual_newton(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter)
-        plan = semidual_plan(xp, cost, log_a, log_b, result.g, epsilon)
+        g0 = None if init is None else init[1]
+        result, plan = semidual_newton_plan(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter, init=g0)
     else:
-        result = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter)
-        plan = plan_from_potentials(xp, cost, log_a, log_b, result.f, result.g, epsilon)
+        result, plan = sinkhorn_plan(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter, init=init)
     warn_if_not_converged(xp, result.converged, f"{what}'s {method} solver")
     return plan
+
+
+def hard_potentials(xp: Any, s: Any, y: Any, weights: list[float], *, sources: bool = True) -> tuple[Any, Any]:
+    """Unregularised OT potentials ``(f, g)`` between ``s`` (..., n; weights ``1/n``)
+    and increasing targets ``y`` (m; ``weights``) for the cost ``(s_i - y_j)^2``.
+
+    One sort: in 1-D the optimal plan is monotone. With ``G_j = y_j^2 - g_j``
+    convex, its slope between ``y_j`` and ``y_{j+1}`` is ``2 sigma_j``, ``sigma_j``
+    the sorted score at cumulative source mass ``b_1 + ... + b_j`` (the midpoint
+    of the two scores when that mass falls between them); each score takes
+    ``f_i = min_j C_ij - g_j`` at the target holding the middle of its mass.
+    ``f_i + g_j <= C_ij`` with equality on the monotone plan's support: the
+    eps -> 0 limit of the entropic potentials, and their warm start.
+    ``sources=False`` skips ``f`` (returned as ``None``).
+    """
+    n, m = s.shape[-1], len(weights)
+    dev = device(s)
+    cum = list(itertools.accumulate(weights))
+    lo = [min(max(math.ceil(c * n - 1e-9) - 1, 0), n - 1) for c in cum[:-1]]
+    hi = [min(max(math.floor(c * n + 1e-9), 0), n - 1) for c in cum[:-1]]
+    order = xp.argsort(s, axis=-1)
+    ss = xp.take_along_axis(s, order, axis=-1)
+    index = lambda idx: xp.asarray(idx, dtype=order.dtype, device=dev)  # noqa: E731
+    sigma = 0.5 * (xp.take(ss, index(lo), axis=-1) + xp.take(ss, index(hi), axis=-1))
+    steps = 2.0 * sigma * (y[1:] - y[:-1])
+    big_g = xp.concat([xp.zeros_like(steps[..., :1]), xp.cumulative_sum(steps, axis=-1)], axis=-1)
+    g = y * y - big_g
+    if not sources:
+        return None, g
+    # the target holding the middle of each sorted score's mass
+    middle = (xp.astype(xp.arange(n, device=dev), s.dtype) + 0.5) / n
+    j = xp.clip(xp.searchsorted(xp.asarray(cum[:-1], dtype=s.dtype, device=dev), middle), max=m - 1)
+    f_sorted = ss * ss - 2.0 * ss * xp.take(y, j) + xp.take(big_g, j, axis=-1)
+    f = xp.take_along_axis(f_sorted, xp.argsort(order, axis=-1), axis=-1)
+    return f, g
 
 
 def _squash(xp: Any, x: Any) -> tuple[Any, Any, Any]:
@@ -109,28 +157,64 @@ def _problem(xp: Any, rows: Any, n: int, m: int, quantiles: tuple, width: float)
     weights = _target_weights(m, quantiles, width)
     dev, dtype = device(rows), rows.dtype
     y = xp.linspace(0.0, 1.0, len(weights), dtype=dtype, device=dev)
-    cost = (s[..., :, None] - y) ** 2
     log_a = xp.full(rows.shape, -math.log(n), dtype=dtype, device=dev)
     b = xp.asarray(weights, dtype=dtype, device=dev)
     log_b = xp.broadcast_to(xp.log(b), (*rows.shape[:-1], len(weights)))
-    return s, z, std, y, cost, log_a, log_b, b
+    return s, z, std, y, log_a, log_b, b, weights
+
+
+def _times(xp: Any, plan: Any, vecs: Any) -> Any:
+    """``P @ vecs^T`` for ``vecs`` (..., k, m): (..., k, n), as one product with ``P^T`` (a view)."""
+    return vecs @ xp.matrix_transpose(plan)
 
 
 def _forward(xp, x, *, kind, m, quantiles, width, descending, scalar, epsilon, axis, method, tol, max_iter):
     rows = to_rows(xp, x, axis)
     n = rows.shape[-1]
-    *_, cost, log_a, log_b, b = _problem(xp, rows, n, m, quantiles, width)
-    plan = transport_plan(xp, cost, log_a, log_b, epsilon, method=method, tol=tol, max_iter=max_iter, what=f"soft_{kind}")
+    s, _, _, y, log_a, log_b, b, weights = _problem(xp, rows, n, m, quantiles, width)
+    cost = (s[..., :, None] - y) ** 2
+    init = hard_potentials(xp, s, y, weights, sources=method == "sinkhorn")
+    plan = transport_plan(
+        xp, cost, log_a, log_b, epsilon, method=method, tol=tol, max_iter=max_iter, what=f"soft_{kind}", init=init
+    )
+    del cost
     if kind == "rank":
-        out = n * xp.squeeze(plan @ (n * xp.cumulative_sum(b))[:, None], axis=-1)
+        out = n * xp.squeeze(_times(xp, plan, (n * xp.cumulative_sum(b))[None, :]), axis=-2)
     else:
-        out = xp.squeeze(xp.matrix_transpose(plan) @ rows[..., :, None], axis=-1) / b
+        out = xp.squeeze(rows[..., None, :] @ plan, axis=-2) / b
         if kind == "quantile":
             out = out[..., 1::2]
         elif descending:
             out = xp.flip(out, axis=-1)
     out = from_rows(xp, out, axis, x.dtype)
     return (xp.squeeze(out, axis=axis) if scalar else out), (plan,)
+
+
+def outer_plan_vjp(xp: Any, plan: Any, c: Any, d: Any, s: Any, y: Any, epsilon: float, *, method: str, cg_tol: float) -> Any:
+    """Gradient w.r.t. ``s`` of ``<c d^T, P>``, ``P`` the entropic plan for ``C_ij = (s_i - y_j)^2``.
+
+    The implicit VJP of :func:`softk.sinkhorn.plan_vjp` for a rank-one
+    cotangent ``V = c d^T`` (the cotangent of every output of this module),
+    chained through the cost without forming any n x m array: with
+    ``alpha = c * (P d)``, ``beta = d * (P^T c)``, ``w`` the solution of the
+    Schur system (:func:`softk.sinkhorn.schur_solve`) and ``u = (alpha - P w) / a``,
+    ``dL/dC = P * (u_i + w_j - c_i d_j) / eps``; its rows sum to zero, so
+    ``dL/ds_i = -(2 / eps) (u_i (P y)_i + (P (w y))_i - c_i (P (d y))_i)``.
+    Matrix products with a few vectors at a time: O(n m) per CG step,
+    memory O(n + m) beyond the plan. Returns ``(grad_s, P d)``.
+    """
+    d = xp.broadcast_to(d, plan.shape[:-2] + plan.shape[-1:])
+    yb = xp.broadcast_to(y, d.shape)
+    rowv = _times(xp, plan, xp.stack([xp.ones_like(d), d, yb, d * yb], axis=-2))
+    a, pd, py, pdy = rowv[..., 0, :], rowv[..., 1, :], rowv[..., 2, :], rowv[..., 3, :]
+    alpha = c * pd
+    colv = xp.stack([xp.ones_like(c), c, alpha / a], axis=-2) @ plan
+    b, ptc, pta = colv[..., 0, :], colv[..., 1, :], colv[..., 2, :]
+    rhs = d * ptc - pta
+    w = schur_solve(xp, plan, a, b, rhs, method=method, cg_tol=cg_tol)
+    roww = _times(xp, plan, xp.stack([w, w * yb], axis=-2))
+    u = (alpha - roww[..., 0, :]) / a
+    return -(2.0 / epsilon) * (u * py + roww[..., 1, :] - c * pdy), pd
 
 
 def _backward(
@@ -141,22 +225,22 @@ def _backward(
     rows = to_rows(xp, x, axis)
     v = to_rows(xp, xp.expand_dims(cotangent, axis=axis) if scalar else cotangent, axis)
     n = rows.shape[-1]
-    s, z, std, y, _, _, _, b = _problem(xp, rows, n, m, quantiles, width)
+    s, z, std, y, _, _, b, _ = _problem(xp, rows, n, m, quantiles, width)
     if kind == "rank":
-        cot_plan = (n * v)[..., :, None] * (n * xp.cumulative_sum(b))
-        direct = xp.zeros_like(rows)
+        c, d = n * v, n * xp.cumulative_sum(b)
     else:
         if kind == "quantile":  # scatter into the odd (quantile) targets
             zeros = xp.zeros_like(v)
             v = xp.concat([xp.reshape(xp.stack([zeros, v], axis=-1), (*v.shape[:-1], -1)), zeros[..., :1]], axis=-1)
         elif descending:
             v = xp.flip(v, axis=-1)
-        vb = v / b
-        cot_plan = rows[..., :, None] * vb[..., None, :]
-        direct = xp.squeeze(plan @ vb[..., :, None], axis=-1)
-    grad_c = plan_vjp(xp, plan, cot_plan, epsilon)
-    grad_s = 2.0 * (s * xp.sum(grad_c, axis=-1) - xp.squeeze(grad_c @ y[:, None], axis=-1))
-    grad = direct + _squash_vjp(xp, s, z, std, grad_s)
+        c, d = rows, v / b
+    direct = plan.shape[-1] <= DIRECT_MAX_TARGETS
+    cg_tol = 1e-10 if xp.finfo(plan.dtype).bits > 32 else 1e-5
+    grad_s, pd = outer_plan_vjp(xp, plan, c, d, s, y, epsilon, method="schur" if direct else "cg", cg_tol=cg_tol)
+    grad = _squash_vjp(xp, s, z, std, grad_s)
+    if kind != "rank":  # sort and quantiles: x enters P^T x directly too
+        grad = grad + pd
     return (from_rows(xp, grad, axis, x.dtype),)
 
 
@@ -186,8 +270,10 @@ _SOLVER_DOC = """epsilon : float
         Axis of the scores; all other axes are batch axes.
     method : {"auto", "newton", "sinkhorn"}
         ``"newton"`` (semi-dual Newton, machine-precision marginals, for few
-        targets), ``"sinkhorn"`` (log-domain Sinkhorn), ``"auto"``: Newton for
-        at most 32 targets. Gradients are implicit (no unrolling) either way.
+        targets), ``"sinkhorn"`` (kernel-mode Sinkhorn, log-domain under
+        ``jax.jit``), ``"auto"``: Newton for at most 32 targets. Both start from
+        the sorted (unregularised) solution. Gradients are implicit (no
+        unrolling) either way.
     tol, max_iter : float, int, optional
         Stopping rule. Newton: relative column-marginal error
         ``max_j |(P^T 1)_j / b_j - 1|`` (default 1e-5 in float32, 1e-12 in

@@ -23,7 +23,7 @@ from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_finite_values, check_int, check_positive_float, namespace_of
 from ._xp import add_at_rows
 from .sinkhorn import plan_vjp
-from .sorting import solver_params, transport_plan
+from .sorting import hard_potentials, solver_params, transport_plan
 
 __all__ = ["soft_topk_sorted"]
 
@@ -55,13 +55,19 @@ def _cost(xp: Any, rows: Any, k: int, largest: bool) -> tuple[Any, Any, Any]:
 def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
     rows = to_rows(xp, x, axis)
     n = rows.shape[-1]
-    _, dist, scale = _cost(xp, rows, k, largest)
+    y, dist, scale = _cost(xp, rows, k, largest)
     dev, dtype = device(rows), rows.dtype
     log_a = xp.full(rows.shape, -math.log(n), dtype=dtype, device=dev)
+    weights = [1.0 / n] * k + [(n - k) / n]
     log_b = xp.asarray([-math.log(n)] * k + [math.log((n - k) / n)], dtype=dtype, device=dev)
     log_b = xp.broadcast_to(log_b, (*rows.shape[:-1], k + 1))
+    # warm start: the unregularised (sorting) potentials of the normalised cost
+    anchors = xp.arange(k + 1, dtype=dtype, device=dev)
+    f0, g0 = hard_potentials(xp, y, anchors, weights, sources=method == "sinkhorn")
+    init = (None if f0 is None else f0 / scale[..., 0], g0 / scale[..., 0])
     plan = transport_plan(
-        xp, dist / scale, log_a, log_b, epsilon, method=method, tol=tol, max_iter=max_iter, what="soft_topk_sorted"
+        xp, dist / scale, log_a, log_b, epsilon, method=method, tol=tol, max_iter=max_iter, what="soft_topk_sorted",
+        init=init,
     )
     return _outward(xp, n * plan[..., :k], axis, x.dtype), (plan,)
 

@@ -186,13 +186,110 @@ def test_conjugate_gradients_match_the_schur_complement(rng):
     np.testing.assert_allclose(cg, schur, atol=1e-10 * np.abs(schur).max())
 
 
-def test_apply_is_plan_times_v(backend, rng):
-    data = problem(rng)
-    out = sot.sinkhorn(x=backend.asarray(data["x"], "float64"), y=backend.asarray(data["y"], "float64"), epsilon=0.2)
+def apply_problem(rng, geometry, n=7, m=5, k=3):
+    """Data for ``apply`` tests: ``(data, v, params)``; "online" also shrinks the blocks (set by the caller)."""
+    data = problem(rng, n, m)
+    if geometry == "cost":
+        del data["x"], data["y"]
+    else:
+        del data["cost"]
+    params = dict(epsilon=0.3, tol=1e-13, max_iter=100_000)
+    if geometry != "cost":
+        params["online"] = geometry == "online"
+    return data, rng.normal(size=(m, k)), params
+
+
+def apply_value(data, v, params):
+    return np.asarray(sot.sinkhorn(**data, **params).apply(v))
+
+
+@pytest.fixture
+def small_blocks(monkeypatch, request):
+    """Blocks of 12 plan entries (several per problem) and CG beyond 2 targets.
+
+    Not under JAX, whose compiled loops unroll the blocks (slow to compile): there
+    the test checks that the blockwise code traces, on one block."""
+    if "backend" in request.fixturenames and request.getfixturevalue("backend").name == "jax":
+        return
+    monkeypatch.setattr(softk.online, "BLOCK_ENTRIES", 12)
+    monkeypatch.setattr(softk.online, "SCHUR_MAX", 2)
+
+
+@pytest.mark.parametrize("geometry", ["cost", "clouds", "online"])
+def test_apply_is_plan_times_v(backend, rng, geometry, small_blocks):
+    data, v, params = apply_problem(rng, geometry)
+    out = sot.sinkhorn(**{k: backend.asarray(x, "float64") for k, x in data.items()}, **params)
     plan = backend.to_numpy(out.plan)
-    v = rng.normal(size=(5, 3))
     np.testing.assert_allclose(backend.to_numpy(out.apply(backend.asarray(v, "float64"))), plan @ v, atol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(out.apply(backend.asarray(v[:, 0], "float64"))), plan @ v[:, 0], atol=1e-12)
+
+
+def test_apply_batched_is_plan_times_v(rng, small_blocks):
+    data = problem(rng, batch=(3,))
+    v = rng.normal(size=(3, 5, 2))
+    for geometry in ({"cost": data["cost"]}, {"x": data["x"], "y": data["y"][0]}):  # y broadcast over the batch
+        out = sot.sinkhorn(**geometry, a=data["a"], epsilon=0.2, tol=1e-12, online="x" in geometry)
+        np.testing.assert_allclose(out.apply(v), out.plan @ v, atol=1e-12)
+        np.testing.assert_allclose(out.apply(v[0]), out.plan @ v[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("geometry", ["cost", "clouds", "online"])
+def test_apply_gradients_match_central_differences(backend, rng, geometry, small_blocks):
+    data, v, params = apply_problem(rng, geometry)
+    cot = rng.normal(size=(7, 3))
+    names = [k for k in ARRAYS if k in data]
+    arrays = {k: backend.asarray(data[k], "float64") for k in names}
+    vb, cotb = backend.asarray(v, "float64"), backend.asarray(cot, "float64")
+    if backend.name == "torch":
+        import torch
+
+        leaves = {k: x.clone().requires_grad_(True) for k, x in {**arrays, "v": vb}.items()}
+        out = sot.sinkhorn(**{k: leaves[k] for k in names}, **params).apply(leaves["v"])
+        grads = dict(zip(leaves, torch.autograd.grad(out, list(leaves.values()), cotb)))
+    elif backend.name == "jax":
+        import jax
+
+        def fn(*values):
+            *problem_arrays, vv = values
+            return sot.sinkhorn(**dict(zip(names, problem_arrays)), **params).apply(vv)
+
+        _, pullback = jax.vjp(fn, *arrays.values(), vb)
+        grads = dict(zip([*names, "v"], pullback(cotb)))
+    else:
+        _, pullback = softk.vjp(sot.sinkhorn_apply, arrays.pop("cost", None), **arrays, v=vb, **params)
+        grads = dict(zip([*names, "v"], pullback(cotb)))
+    key = ("apply", geometry == "cost", cot.tobytes())
+    if key not in _FD_CACHE:  # the dense solve's differences serve online too (online == dense is tested)
+        params = {**params, "online": False} if geometry != "cost" else params
+        fd = {}
+        for name in [*names, "v"]:
+            values = {**data, "v": v}
+            fd[name] = np.zeros_like(values[name])
+            for idx in np.ndindex(values[name].shape):
+                sides = []
+                for sign in (1, -1):
+                    moved = {k: x.copy() for k, x in values.items()}
+                    moved[name][idx] += sign * 1e-6
+                    sides.append(apply_value({k: moved[k] for k in names}, moved["v"], params))
+                fd[name][idx] = ((sides[0] - sides[1]) * cot).sum() / 2e-6
+        _FD_CACHE[key] = fd
+    for name, grad in grads.items():
+        fd = _FD_CACHE[key][name]
+        np.testing.assert_allclose(backend.to_numpy(grad), fd, atol=1e-6 * max(1.0, np.abs(fd).max()), err_msg=name)
+
+
+def test_online_apply_gradient_matches_dense(rng, monkeypatch):
+    """Beyond SCHUR_MAX targets (conjugate gradients), weighted, several blocks."""
+    monkeypatch.setattr(softk.online, "BLOCK_ENTRIES", 2000)
+    data = problem(rng, 60, 150, d=3)
+    del data["cost"]
+    v, cot = rng.normal(size=(150, 2)), rng.normal(size=(60, 2))
+    results = []
+    for online in (False, True):
+        out, pullback = softk.vjp(sot.sinkhorn_apply, **data, v=v, epsilon=0.1, tol=1e-12, online=online)
+        results.append((out, *pullback(cot)))
+    for name, dense, online in zip(("out", "x", "y", "a", "b", "v"), *results):
+        np.testing.assert_allclose(online, dense, atol=1e-9 * max(1.0, np.abs(dense).max()), err_msg=name)
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
@@ -398,6 +495,73 @@ def test_online_value_gradient_matches_dense(rng, monkeypatch):
         np.testing.assert_allclose(online, dense, atol=1e-9)
 
 
+def test_online_batched_value_gradient_broadcast_x(rng, monkeypatch):
+    monkeypatch.setattr(softk.online, "BLOCK_ENTRIES", 40)
+    x, y = rng.random((9, 2)), rng.random((2, 7, 2))
+    grads = [softk.vjp(sot.sinkhorn_cost, x=x, y=y, epsilon=0.1, tol=1e-12, online=o)[1](np.ones(2)) for o in (False, True)]
+    assert grads[1][0].shape == x.shape
+    for dense, online in zip(*grads):
+        np.testing.assert_allclose(online, dense, atol=1e-10)
+
+
 def test_online_needs_point_clouds(rng):
     with pytest.raises(ValueError, match="online=True needs point clouds"):
         sot.sinkhorn(problem(rng)["cost"], epsilon=0.1, online=True)
+
+
+def test_online_matches_dense_moderate_size(rng, monkeypatch):
+    """A few hundred points, several blocks, small epsilon: potentials, value, plan and gradients."""
+    monkeypatch.setattr(softk.online, "BLOCK_ENTRIES", 5000)
+    x, y = rng.random((300, 3)), rng.random((200, 3))
+    a = rng.uniform(0.5, 1.5, 300)
+    kw = dict(x=x, y=y, a=a, epsilon=0.01, tol=1e-10)
+    dense, online = sot.sinkhorn(**kw, online=False), sot.sinkhorn(**kw, online=True)
+    assert bool(online.converged) and float(online.error) <= 1e-10
+    np.testing.assert_allclose(online.cost, dense.cost, rtol=1e-10)
+    np.testing.assert_allclose(online.plan, dense.plan, atol=1e-11)
+    shift = (online.f - dense.f).mean()
+    np.testing.assert_allclose(online.f - shift, dense.f, atol=1e-8)
+    np.testing.assert_allclose(online.g + shift, dense.g, atol=1e-8)
+
+
+def test_online_recovers_from_underflowing_rows(rng):
+    """No epsilon scaling, far clouds: at zero potentials every entry of the plan underflows
+    (C / eps >= 800), which the online sweep must redo max-shifted."""
+    x, y = rng.random((40, 2)), rng.random((30, 2)) + 3.0
+    kw = dict(x=x, y=y, epsilon=0.01, tol=1e-9, scaling=False)
+    online, dense = sot.sinkhorn(**kw, online=True), sot.sinkhorn(**kw, online=False)
+    assert bool(online.converged)
+    np.testing.assert_allclose(online.plan, dense.plan, atol=1e-9)
+
+
+def test_online_float32(rng):
+    torch = pytest.importorskip("torch")
+    x, y = rng.random((200, 3)), rng.random((150, 3))
+    ref = sot.sinkhorn(x=x, y=y, epsilon=0.01, tol=1e-10, online=False)
+    out = sot.sinkhorn(x=torch.tensor(x, dtype=torch.float32), y=torch.tensor(y, dtype=torch.float32), epsilon=0.01, tol=1e-4, online=True)
+    assert bool(out.converged) and out.f.dtype == torch.float32
+    assert np.abs(out.plan.double().numpy() - ref.plan).sum() <= 3e-4  # L1, as the tolerance
+
+
+def test_online_never_forms_the_plan(rng, monkeypatch):
+    """Solve, value gradient, apply and its gradient online: NumPy's traced peak stays far below
+    one n x m array (the dense run, measured the same way, exceeds it: the check can fail)."""
+    import tracemalloc
+
+    monkeypatch.setattr(softk.online, "BLOCK_ENTRIES", 2**13)
+    n, m = 800, 600
+    x, y, v = rng.random((n, 2)), rng.random((m, 2)), rng.normal(size=(m, 2))
+    full = n * m * 8
+    peaks = {}
+    for online in (True, False):
+        tracemalloc.start()
+        kw = dict(x=x, y=y, epsilon=0.05, tol=1e-6, online=online)
+        _, pullback = softk.vjp(sot.sinkhorn_cost, **kw)
+        pullback(np.ones(()))
+        out, pullback = softk.vjp(sot.sinkhorn_apply, **kw, v=v)
+        grads = pullback(np.ones_like(out))
+        peaks[online] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert all(np.isfinite(g).all() for g in grads)
+    assert peaks[False] > full
+    assert peaks[True] < full / 4, peaks  # a few blocks (64 kB each) and O(n + m) vectors

@@ -290,3 +290,57 @@ def test_float16_is_computed_in_float32(backend, rng):
         single = op(backend.asarray(x.astype(np.float16), "float32"), *args, epsilon=0.1)
         assert half.dtype == backend.dtype("float16")
         np.testing.assert_allclose(backend.to_numpy(half).astype(np.float32), backend.to_numpy(single), atol=5e-3)
+
+
+# ---------------------------------------------------------------- many targets: kernel Sinkhorn from the sorted
+# (unregularised) potentials, conjugate-gradient backward with matrix-vector products only
+
+
+@pytest.mark.parametrize("name", ["rank", "sort"])
+def test_many_targets_match_reference_and_differences(backend, rng, name):
+    few_jax_compilations(backend, name == "rank")
+    n = 70  # m = n > DIRECT_MAX_TARGETS: the CG backward
+    fn, ref = {"rank": (soft_rank, rank_reference), "sort": (soft_sort, sort_reference)}[name]
+    op = Op(fn, epsilon=0.05, tol=1e-12)
+    x = rng.normal(size=(1, n))
+    out = backend.to_numpy(op(backend.asarray(x, "float64")))
+    np.testing.assert_allclose(out, per_row(lambda r: ref(r, 0.05, n), x), atol=1e-8 * max(1.0, np.abs(out).max()))
+    v = rng.normal(size=out.shape)
+    _, grad = backend.value_and_grad(op, backend.asarray(x, "float64"), backend.asarray(v, "float64"))
+    fd = central_difference(backend, op, x, v)
+    np.testing.assert_allclose(backend.to_numpy(grad), fd, atol=1e-6 * max(1.0, np.abs(fd).max()))
+
+
+def test_many_targets_float32_is_converged_and_finite(backend, rng):
+    few_jax_compilations(backend, False)
+    x = rng.normal(size=(2, 200))
+    op = Op(soft_rank, epsilon=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", softk.NotConvergedWarning)
+        out, grad = backend.value_and_grad(op, backend.asarray(x, "float32"), backend.asarray(rng.normal(size=x.shape), "float32"))
+    out, grad = backend.to_numpy(out), backend.to_numpy(grad)
+    assert np.isfinite(out).all() and np.isfinite(grad).all()
+    expected = per_row(lambda r: rank_reference(r, 1e-2, 200), x.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(out, expected, atol=2e-3)  # ranks up to 200: ~1e-5 relative
+
+
+def test_hard_potentials_are_the_sorting_duals(rng):
+    from softk.sorting import hard_potentials
+
+    for n, weights in [(7, [1 / 7] * 7), (9, [0.2, 0.3, 0.5]), (6, [1 / 6] * 3 + [0.5])]:
+        s = rng.random((2, n))
+        y = np.linspace(0.0, 1.0, len(weights))
+        f, g = hard_potentials(np, s, y, weights)
+        slack = (s[..., :, None] - y) ** 2 - f[..., :, None] - g[..., None, :]
+        assert slack.min() > -1e-12  # dual feasible
+        # complementary slackness on the monotone (north-west corner) plan
+        for row, sl in zip(s, slack):
+            order, cum = np.argsort(row), np.cumsum(weights)
+            for r, i in enumerate(order):
+                lo, hi = r / n, (r + 1) / n
+                for jj in range(len(weights)):
+                    start = cum[jj - 1] if jj else 0.0
+                    if min(hi, cum[jj]) - max(lo, start) > 1e-12:
+                        assert abs(sl[i, jj]) < 1e-12
+        _, g_only = hard_potentials(np, s, y, weights, sources=False)
+        np.testing.assert_allclose(g_only, g)

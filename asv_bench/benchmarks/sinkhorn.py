@@ -22,8 +22,15 @@ iterations would need tens of GB here), so that case is skipped for POT.
 forward (POT) above the resident set before the call, in MB (peak RSS growth
 of a forked child that runs the call).
 
+``SinkhornOnline``: the online solver (``online=True``, cost blocks computed
+on the fly) on ``n = m = 3000`` uniform points in the unit cube (3-D, seed 0),
+unnormalised squared Euclidean cost (<= 3), ``epsilon = 1e-2``, float64:
+``time_forward`` (solve + value), ``time_apply`` (``P @ v`` for ``v`` of shape
+(m, 4), blockwise, at solved potentials) and ``track_peak_mb`` (solve + apply).
+
 Run ``python asv_bench/benchmarks/sinkhorn.py [n]`` for the same comparison
-as one table, all cases in one process.
+as one table, all cases in one process; ``asv_bench/compare_sinkhorn.py``
+measures each case in its own process (and the 50,000-point online run).
 """
 
 from __future__ import annotations
@@ -169,6 +176,36 @@ class Sinkhorn:
 
     def track_peak_mb(self, backend, impl, n):
         return peak_mb(self.fwd_bwd or self.fwd)
+
+
+class SinkhornOnline:
+    params = (["numpy", "torch"], [3000])
+    param_names = ["backend", "n"]
+    timeout = 600
+    number = 1
+    repeat = 1
+
+    def setup(self, backend, n):
+        rng = np.random.default_rng(0)
+        x, y, v = rng.random((n, 3)), rng.random((n, 3)), rng.normal(size=(n, 4))
+        if backend == "torch":
+            if torch is None:
+                raise NotImplementedError("torch not installed")
+            x, y, v = torch.asarray(x), torch.asarray(y), torch.asarray(v)
+        self.x, self.y, self.v = x, y, v
+        self.out = sinkhorn(x=x, y=y, epsilon=1e-2, tol=TOL, online=True)
+
+    def solve(self):
+        return sinkhorn(x=self.x, y=self.y, epsilon=1e-2, tol=TOL, online=True)
+
+    def time_forward(self, backend, n):
+        self.solve().cost
+
+    def time_apply(self, backend, n):
+        self.out.apply(self.v)
+
+    def track_peak_mb(self, backend, n):
+        return peak_mb(lambda: self.solve().apply(self.v))
 
 
 def main(n: int) -> None:
