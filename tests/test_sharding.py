@@ -98,12 +98,15 @@ JAX_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def jax_report():
+def jax_report(tmp_path_factory):
     pytest.importorskip("jax")
     # fake CPU devices; cheap code generation (the partitioning, which the tests inspect, is unchanged)
     flags = f"--xla_force_host_platform_device_count={DEVICES} --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    # run outside the checkout: ``python -c`` puts the working directory first on sys.path, where
+    # the source folder softk/ would shadow the installed package (which has softk.backends)
+    cwd = tmp_path_factory.mktemp("sharding")
+    proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "NotConvergedWarning" not in proc.stderr, proc.stderr[-2000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("REPORT"))
