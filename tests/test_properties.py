@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import softk
@@ -23,7 +23,7 @@ def problems(draw):
     return x, k, eps, draw(st.booleans())
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(problems())
 def test_matches_reference_sums_to_k_and_is_monotone(problem):
     x, k, eps, largest = problem
@@ -36,7 +36,7 @@ def test_matches_reference_sums_to_k_and_is_monotone(problem):
     assert (np.diff(np.take_along_axis(out, order, -1), axis=-1) >= -1e-12).all()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(problems())
 def test_gradient_is_orthogonal_to_constant_cotangent_and_matches_a_directional_difference(problem):
     x, k, eps, largest = problem
@@ -50,6 +50,11 @@ def test_gradient_is_orthogonal_to_constant_cotangent_and_matches_a_directional_
     assert np.abs(g_const).max() <= 1e-8 * max(1.0, np.abs(g).max())
     d = np.random.default_rng(1).normal(size=x.shape)
     h = 1e-6 * scale
+    # M = max_i max(y_i^2, (y_i - 1)^2) has a kink where its two largest terms tie: keep the
+    # difference away from it (the derivative there is one-sided, as for any max)
+    y = -x if largest else x
+    spread = np.sort(np.abs(y - 0.5), axis=-1)
+    assume(bool((spread[:, -1] - spread[:, -2] > 1e3 * h * np.abs(d).sum()).all()))
 
     def central(h: float) -> float:
         up, down = (softk.soft_topk(x + s * h * d, k, epsilon=eps, largest=largest) for s in (1.0, -1.0))
