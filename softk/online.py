@@ -43,10 +43,10 @@ from typing import Any
 
 from array_api_compat import device
 
-from ._dispatch import values_known, while_loop
+from ._dispatch import values_known
 from ._xp import normal_exponent
 from .scaling import OMEGA, STAGE_TOL, log_domain
-from .sinkhorn import SinkhornResult
+from .sinkhorn import SinkhornResult, diagonal_cg, gauged_solve
 
 __all__ = ["solve", "value_vjp", "apply", "apply_vjp", "PlanBlocks", "BLOCK_ENTRIES", "SCHUR_MAX"]
 
@@ -381,7 +381,7 @@ def apply_vjp(xp: Any, plan: PlanBlocks, v: Any, cot: Any, *, x: Any = None, y: 
     a, alpha = _cat(xp, a, -1), _cat(xp, alpha, -1)
     rhs = xp.sum(v * pt_cot, axis=-1) - pt_alpha
     if schur:
-        w = _schur_solve(xp, s, b, rhs)
+        w = gauged_solve(xp, s, b, rhs)
     else:
         w = _cg(xp, plan, a, b, rhs, cg_tol, cg_max_iter)
     grad_c, grad_x, grad_y, u = [], [], None, []
@@ -401,17 +401,6 @@ def apply_vjp(xp: Any, plan: PlanBlocks, v: Any, cot: Any, *, x: Any = None, y: 
     return geometry, _cat(xp, u, -1), w, pt_cot
 
 
-def _schur_solve(xp: Any, s: Any, b: Any, rhs: Any) -> Any:
-    """``(diag(b) - S) w = rhs`` with ``w_m = 0`` (the system is singular along ``1``)."""
-    m = b.shape[-1]
-    eye = xp.eye(m - 1, dtype=b.dtype, device=device(b))
-    k = eye * b[..., None, : m - 1] - s[..., : m - 1, : m - 1]
-    # singular for a hard assignment (tiny eps): a ridge of one ulp of the marginals keeps it finite
-    k = k + eye * (xp.finfo(b.dtype).eps * xp.max(b, axis=-1, keepdims=True)[..., None])
-    head = xp.squeeze(xp.linalg.solve(k, rhs[..., : m - 1, None]), axis=-1)
-    return xp.concat([head, xp.zeros_like(head[..., :1])], axis=-1)
-
-
 def _cg(xp: Any, plan: PlanBlocks, a: Any, b: Any, rhs: Any, tol: float, max_iter: int) -> Any:
     """Preconditioned CG for ``(diag(b) - P^T diag(1/a) P) w = rhs``, one blockwise pass per step."""
 
@@ -422,28 +411,4 @@ def _cg(xp: Any, plan: PlanBlocks, a: Any, b: Any, rhs: Any, tol: float, max_ite
             out = out - _mtv(xp, e, _mv(xp, e, w) / a[..., start:stop])
         return out
 
-    def dot(p: Any, q: Any) -> Any:
-        return xp.sum(p * q, axis=-1, keepdims=True)
-
-    tiny = xp.asarray(xp.finfo(b.dtype).smallest_normal, dtype=b.dtype, device=device(b))
-    stop = (tol * tol) * xp.max(dot(rhs, rhs / b))
-    z = rhs / b
-    rz = dot(rhs, z)
-
-    def cond(state: tuple) -> Any:
-        it, _, _, _, rz = state
-        return xp.logical_and(it < max_iter, xp.max(rz) > stop)
-
-    def body(state: tuple) -> tuple:
-        it, w, r, p, rz = state
-        kp = schur(p)
-        step = rz / xp.maximum(dot(p, kp), tiny)
-        w = w + step * p
-        r = r - step * kp
-        z = r / b
-        rz_new = dot(r, z)
-        p = z + (rz_new / xp.maximum(rz, tiny)) * p
-        return it + 1, w, r, p, rz_new
-
-    state = (xp.asarray(0, device=device(b)), xp.zeros_like(rhs), rhs, z, rz)
-    return while_loop(xp, cond, body, state)[1]
+    return diagonal_cg(xp, schur, b, rhs, tol, max_iter)

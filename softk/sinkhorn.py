@@ -179,15 +179,20 @@ def schur_solve(
     """
     if method == "cg":
         return _schur_cg(xp, plan, a, b, rhs, cg_tol, cg_max_iter)
-    m = plan.shape[-1]
-    head = plan[..., : m - 1]
-    head_t = xp.matrix_transpose(head)
-    eye = xp.eye(m - 1, dtype=plan.dtype, device=device(plan))
-    schur = eye * b[..., None, : m - 1] - head_t @ (head / a[..., :, None])
+    head = plan[..., : plan.shape[-1] - 1]
+    return gauged_solve(xp, xp.matrix_transpose(head) @ (head / a[..., :, None]), b, rhs)
+
+
+def gauged_solve(xp: Any, s: Any, b: Any, rhs: Any) -> Any:
+    """``(diag(b) - S) w = rhs`` in the gauge ``w_m = 0`` (the system is singular along ``1``),
+    by a direct solve; ``S = P^T diag(1/a) P`` needs only its leading ``(m-1, m-1)`` block."""
+    m = b.shape[-1]
+    eye = xp.eye(m - 1, dtype=b.dtype, device=device(b))
+    k = eye * b[..., None, : m - 1] - s[..., : m - 1, : m - 1]
     # K is singular when the plan is a hard assignment (tiny eps); the true gradient is
     # then ~0, and a ridge of one ulp of the marginals keeps the solve finite.
-    schur = schur + eye * (xp.finfo(plan.dtype).eps * xp.max(b, axis=-1, keepdims=True)[..., None])
-    w_head = xp.squeeze(xp.linalg.solve(schur, rhs[..., : m - 1, None]), axis=-1)
+    k = k + eye * (xp.finfo(b.dtype).eps * xp.max(b, axis=-1, keepdims=True)[..., None])
+    w_head = xp.squeeze(xp.linalg.solve(k, rhs[..., : m - 1, None]), axis=-1)
     return xp.concat([w_head, xp.zeros_like(w_head[..., :1])], axis=-1)
 
 
@@ -204,16 +209,19 @@ def _matvec_t(xp: Any, mat: Any, v: Any) -> Any:
 
 def _schur_cg(xp: Any, plan: Any, a: Any, b: Any, rhs: Any, tol: float, max_iter: int) -> Any:
     """Preconditioned CG for ``(diag(b) - P^T diag(1/a) P) w = rhs``, batched."""
+    return diagonal_cg(xp, lambda w: b * w - _matvec_t(xp, plan, _matvec(xp, plan, w) / a), b, rhs, tol, max_iter)
 
-    def schur(w: Any) -> Any:
-        return b * w - _matvec_t(xp, plan, _matvec(xp, plan, w) / a)
+
+def diagonal_cg(xp: Any, operator: Any, b: Any, rhs: Any, tol: float, max_iter: int) -> Any:
+    """Conjugate gradients for ``operator(w) = rhs`` (symmetric positive semi-definite, batched
+    over leading dimensions), preconditioned by ``diag(b)``; stops at a relative residual
+    ``tol`` (in the ``diag(1/b)`` norm) or after ``max_iter`` steps."""
 
     def dot(x: Any, y: Any) -> Any:
         return xp.sum(x * y, axis=-1, keepdims=True)
 
-    tiny = xp.asarray(xp.finfo(plan.dtype).smallest_normal, dtype=plan.dtype, device=device(plan))
+    tiny = xp.asarray(xp.finfo(b.dtype).smallest_normal, dtype=b.dtype, device=device(b))
     stop = (tol * tol) * xp.max(dot(rhs, rhs / b))
-    w = xp.zeros_like(rhs)
     z = rhs / b
     rz = dot(rhs, z)
 
@@ -223,7 +231,7 @@ def _schur_cg(xp: Any, plan: Any, a: Any, b: Any, rhs: Any, tol: float, max_iter
 
     def body(state: tuple) -> tuple:
         it, w, r, p, rz = state
-        kp = schur(p)
+        kp = operator(p)
         step = rz / xp.maximum(dot(p, kp), tiny)
         w = w + step * p
         r = r - step * kp
@@ -232,5 +240,5 @@ def _schur_cg(xp: Any, plan: Any, a: Any, b: Any, rhs: Any, tol: float, max_iter
         p = z + (rz_new / xp.maximum(rz, tiny)) * p
         return it + 1, w, r, p, rz_new
 
-    state = (xp.asarray(0, device=device(plan)), w, rhs, z, rz)
+    state = (xp.asarray(0, device=device(b)), xp.zeros_like(rhs), rhs, z, rz)
     return while_loop(xp, cond, body, state)[1]
