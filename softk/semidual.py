@@ -23,19 +23,21 @@ at tiny ``eps``. The result has the fields of :class:`softk.sinkhorn.SinkhornRes
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from array_api_compat import device
 
 from ._dispatch import while_loop
-from ._xp import logsumexp
+from ._xp import logsumexp, normal_exponent
 from .sinkhorn import SinkhornResult, flushed_exp
 
-__all__ = ["semidual_newton", "semidual_newton_plan", "semidual_plan"]
+__all__ = ["semidual_newton", "semidual_newton_plan", "semidual_newton_plan_t", "semidual_plan"]
 
 MAX_HALVINGS = 40
 STAGE_TOL = 0.1  # relative column-marginal error at which an intermediate epsilon stage is left
 DAMPING = 0.01  # Levenberg damping: this times the marginal error, relative to the mean Hessian diagonal
+WARMUP = 3  # Sinkhorn updates of g before Newton when warm-started (``init``)
 
 
 def semidual_plan(xp: Any, cost: Any, log_a: Any, log_b: Any, g: Any, epsilon: float) -> Any:
@@ -85,7 +87,7 @@ def semidual_newton(
     >>> bool(r.converged), bool(np.abs(P.sum(0) - 0.5).max() < 1e-14)
     (True, True)
     """
-    return _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, init)[0]
+    return _newton(xp, xp.matrix_transpose(cost), log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, init)[0]
 
 
 def semidual_newton_plan(
@@ -103,14 +105,40 @@ def semidual_newton_plan(
 ) -> tuple[SinkhornResult, Any]:
     """:func:`semidual_newton` and its plan (:func:`semidual_plan`), the latter
     from the solver's last pass when started from ``init``."""
-    result, plan = _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, init)
-    if plan is None:
-        plan = semidual_plan(xp, cost, log_a, log_b, result.g, epsilon)
-    return result, plan
+    cost_t = xp.matrix_transpose(cost)
+    result, plan_t = _newton(xp, cost_t, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, init)
+    if plan_t is None:
+        return result, semidual_plan(xp, cost, log_a, log_b, result.g, epsilon)
+    return result, xp.matrix_transpose(plan_t)
+
+
+def semidual_newton_plan_t(
+    xp: Any,
+    cost_t: Any,
+    log_a: Any,
+    log_b: Any,
+    epsilon: float,
+    *,
+    tol: float | None = None,
+    max_iter: int = 200,
+    eps_start: float = 1.0,
+    shrink: float = 0.25,
+    init: Any = None,
+) -> tuple[SinkhornResult, Any]:
+    """:func:`semidual_newton_plan` in the transposed layout: ``cost_t`` is
+    ``(..., m, n)`` and so is the returned plan (``P^T``). The solver works in
+    this layout (its reductions run over the long axis ``n`` or across rows of
+    it), so a caller that can build the cost this way saves the transposes."""
+    result, plan_t = _newton(xp, cost_t, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, init)
+    if plan_t is None:
+        cost = xp.matrix_transpose(cost_t)
+        plan_t = xp.matrix_transpose(semidual_plan(xp, cost, log_a, log_b, result.g, epsilon))
+    return result, plan_t
 
 
 def _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, init) -> tuple[SinkhornResult, Any]:
-    """The solver; with ``init`` it carries each pass's plan to the next step (one
+    """The solver, on the transposed cost ``(..., m, n)``; with ``init`` it carries
+    each pass's plan (transposed, ``(..., m, n)``) to the next step (one
     exponential per step), else it re-evaluates at the start of every step (the
     epsilon stage may have changed) and returns no plan."""
     dtype, dev = cost.dtype, device(cost)
@@ -121,27 +149,34 @@ def _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, i
     # rounding (g_j - C_ij) / eps bounds the reachable relative error by ~ ulp * |C| / eps
     tol = xp.maximum(xp.max(xp.abs(cost)) * (4.0 * ulp / epsilon), xp.asarray(tol, dtype=dtype, device=dev))
     a, b = xp.exp(log_a), xp.exp(log_b)
-    m = cost.shape[-1]
+    m = cost.shape[-2]
     eye = xp.eye(m - 1, dtype=dtype, device=dev)
     carry = init is not None
+    # exp(max(z, floor)) - cut, floored at 0: as softk.sinkhorn.flushed_exp (no subnormal exponentials,
+    # exact zeros below the smallest normal relative to the row's largest entry) without a select pass
+    floor = 1.0 - normal_exponent(xp, dtype)
+    cut = math.exp(floor) * (1.0 + 64.0 * ulp)
+    cost_eps = cost / epsilon if carry else None
 
     def evaluate(g: Any, eps_cur: Any) -> tuple[Any, Any, Any]:
         """One pass: ``F(g)``, the plan ``a_i pi_ij`` and ``lse_i`` (``f = -eps lse``)."""
-        z = log_b[..., None, :] + (g[..., None, :] - cost) / eps_cur[..., None, None]
-        top = xp.max(z, axis=-1, keepdims=True)
-        e = flushed_exp(xp, z - top)
-        total = xp.sum(e, axis=-1, keepdims=True)
+        scaled = cost_eps if carry else cost / eps_cur[..., None, None]
+        z = (log_b + g / eps_cur[..., None])[..., :, None] - scaled
+        top = xp.max(z, axis=-2, keepdims=True)
+        e = xp.clip(xp.exp(xp.clip(z - top, min=floor)) - cut, min=0.0)
+        total = xp.sum(e, axis=-2, keepdims=True)
         lse = xp.log(total) + top
-        objective = xp.sum(g * b, axis=-1) - eps_cur * xp.sum(a * lse[..., 0], axis=-1)
-        return objective, e * (a[..., :, None] / total), lse[..., 0]
+        objective = xp.sum(g * b, axis=-1) - eps_cur * xp.sum(a * lse[..., 0, :], axis=-1)
+        return objective, e * (a[..., None, :] / total), lse[..., 0, :]
 
     def step(g: Any, eps_cur: Any, done: Any, current: tuple) -> tuple:
         """The damped Newton step from ``g`` at ``eps_cur``, after a backtracking line search."""
         f0, api, lse = current
-        col = xp.sum(api, axis=-2)
+        col = xp.sum(api, axis=-1)
         grad = b - col
-        pi_t = xp.matrix_transpose(api / a[..., :, None])
-        hess = (eye * col[..., None, : m - 1] - (pi_t @ api)[..., : m - 1, : m - 1]) / eps_cur[..., None, None]  # -Hess F
+        pi_t = api / a[..., None, :]
+        outer = (pi_t @ xp.matrix_transpose(api))[..., : m - 1, : m - 1]
+        hess = (eye * col[..., None, : m - 1] - outer) / eps_cur[..., None, None]  # -Hess F
         damping = (DAMPING * xp.sum(xp.abs(grad), axis=-1) + slack) * xp.mean(col, axis=-1) / eps_cur
         hess = hess + damping[..., None, None] * eye
         d_head = xp.squeeze(xp.linalg.solve(hess, grad[..., : m - 1, None]), axis=-1)
@@ -187,7 +222,7 @@ def _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, i
         return xp.logical_and(eps_cur <= final, err <= tol)
 
     def column_error(api: Any) -> Any:
-        return xp.max(xp.abs(xp.sum(api, axis=-2) / b - 1.0), axis=-1)
+        return xp.max(xp.abs(xp.sum(api, axis=-1) / b - 1.0), axis=-1)
 
     def cond(state: tuple) -> Any:
         it, _, eps_cur, err = state[:4]
@@ -211,6 +246,13 @@ def _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, i
     if carry:
         g0 = xp.astype(xp.broadcast_to(init, log_b.shape), dtype)
         current = evaluate(g0, eps0)
+        # a few Sinkhorn updates g_j += eps log(b_j / (P^T 1)_j) (each raises F: exact dual ascent
+        # in g for the current f) bring e.g. unregularised potentials near the entropic ones
+        tiny = float(xp.finfo(dtype).smallest_normal)
+        for _ in range(WARMUP):
+            col = xp.maximum(xp.sum(current[1], axis=-1), xp.asarray(tiny, dtype=dtype, device=dev))
+            g0 = g0 + epsilon * (log_b - xp.log(col))
+            current = evaluate(g0, eps0)
         err0 = column_error(current[1])
     else:
         g0 = xp.zeros(log_b.shape, dtype=dtype, device=dev)
@@ -220,6 +262,6 @@ def _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, i
     if carry:
         f, plan = -epsilon * current[2], current[1]
     else:
-        f, plan = -epsilon * logsumexp(xp, log_b[..., None, :] + (g[..., None, :] - cost) / epsilon), None
+        f, plan = -epsilon * logsumexp(xp, log_b[..., :, None] + (g[..., :, None] - cost) / epsilon, axis=-2), None
     worst = xp.max(xp.reshape(err, (-1,)))
     return SinkhornResult(f, g, worst, it, xp.all(is_done(eps_cur, err))), plan

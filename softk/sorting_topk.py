@@ -21,7 +21,9 @@ from array_api_compat import device
 from ._layout import from_rows, last_order, to_rows
 from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_finite_values, check_int, check_positive_float, namespace_of
+from ._warnings import warn_if_not_converged
 from ._xp import add_at_rows
+from .semidual import semidual_newton_plan_t
 from .sinkhorn import plan_vjp
 from .sorting import hard_potentials, solver_params, transport_plan
 
@@ -55,7 +57,6 @@ def _cost(xp: Any, rows: Any, k: int, largest: bool) -> tuple[Any, Any, Any]:
 def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
     rows = to_rows(xp, x, axis)
     n = rows.shape[-1]
-    y, dist, scale = _cost(xp, rows, k, largest)
     dev, dtype = device(rows), rows.dtype
     log_a = xp.full(rows.shape, -math.log(n), dtype=dtype, device=dev)
     weights = [1.0 / n] * k + [(n - k) / n]
@@ -63,12 +64,25 @@ def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
     log_b = xp.broadcast_to(log_b, (*rows.shape[:-1], k + 1))
     # warm start: the unregularised (sorting) potentials of the normalised cost
     anchors = xp.arange(k + 1, dtype=dtype, device=dev)
-    f0, g0 = hard_potentials(xp, y, anchors, weights, sources=method == "sinkhorn")
-    init = (None if f0 is None else f0 / scale[..., 0], g0 / scale[..., 0])
-    plan = transport_plan(
-        xp, dist / scale, log_a, log_b, epsilon, method=method, tol=tol, max_iter=max_iter, what="soft_topk_sorted",
-        init=init,
-    )
+    if method == "newton":
+        # the solver's own (k + 1, n) layout: its reductions then run over the long axis
+        y = -rows if largest else rows
+        dist_t = (y[..., None, :] - anchors[:, None]) ** 2
+        scale = xp.max(dist_t, axis=(-2, -1), keepdims=True)
+        _, g0 = hard_potentials(xp, y, anchors, weights, sources=False)
+        result, plan_t = semidual_newton_plan_t(
+            xp, dist_t / scale, log_a, log_b, epsilon, tol=tol, max_iter=max_iter, init=g0 / scale[..., 0]
+        )
+        warn_if_not_converged(xp, result.converged, "soft_topk_sorted's newton solver")
+        plan = xp.matrix_transpose(plan_t)
+    else:
+        y, dist, scale = _cost(xp, rows, k, largest)
+        f0, g0 = hard_potentials(xp, y, anchors, weights, sources=True)
+        init = (f0 / scale[..., 0], g0 / scale[..., 0])
+        plan = transport_plan(
+            xp, dist / scale, log_a, log_b, epsilon, method=method, tol=tol, max_iter=max_iter, what="soft_topk_sorted",
+            init=init,
+        )
     return _outward(xp, n * plan[..., :k], axis, x.dtype), (plan,)
 
 
