@@ -44,7 +44,7 @@ from typing import Any
 from array_api_compat import device
 
 from ._dispatch import values_known
-from ._xp import normal_exponent
+from ._xp import matvec, matvec_t, normal_exponent
 from .scaling import OMEGA, STAGE_TOL, log_domain
 from .sinkhorn import SinkhornResult, diagonal_cg, gauged_solve
 
@@ -119,14 +119,6 @@ def clipped_exp(xp: Any, z: Any) -> Any:
     entries (< 4e-35 in float32) change a sum of ``m`` of them by less than
     ``m`` times that: far below the dtype's resolution of any row or column sum."""
     return xp.exp(xp.clip(z, min=8.0 - normal_exponent(xp, z.dtype)))
-
-
-def _mv(xp: Any, mat: Any, v: Any) -> Any:
-    return xp.squeeze(mat @ v[..., :, None], axis=-1)
-
-
-def _mtv(xp: Any, mat: Any, v: Any) -> Any:
-    return xp.squeeze(v[..., None, :] @ mat, axis=-2)
 
 
 def _add(total: Any, part: Any) -> Any:
@@ -235,7 +227,7 @@ class _Online:
             del z
             err = _add(err, xp.sum(xp.abs(rows - self.a[..., start:stop]), axis=-1))
             f_new.append(f[..., start:stop] + (omega * eps) * log_ratio)
-            cols = _add(cols, _mtv(xp, e, scale))
+            cols = _add(cols, matvec_t(xp, e, scale))
         f_new = _cat(xp, f_new, -1)
         step = 1.0 if plain_g else omega
         log_ratio = self.log_b - xp.log(cols)
@@ -375,7 +367,7 @@ def apply_vjp(xp: Any, plan: PlanBlocks, v: Any, cot: Any, *, x: Any = None, y: 
         alpha.append(alpha_b)
         b = _add(b, xp.sum(e, axis=-2))
         pt_cot = _add(pt_cot, xp.matrix_transpose(e) @ cot[..., start:stop, :])
-        pt_alpha = _add(pt_alpha, _mtv(xp, e, alpha_b / a_b))
+        pt_alpha = _add(pt_alpha, matvec_t(xp, e, alpha_b / a_b))
         if schur:
             s = _add(s, xp.matrix_transpose(e) @ (e / a_b[..., None]))
     a, alpha = _cat(xp, a, -1), _cat(xp, alpha, -1)
@@ -388,7 +380,7 @@ def apply_vjp(xp: Any, plan: PlanBlocks, v: Any, cot: Any, *, x: Any = None, y: 
     v_t = xp.matrix_transpose(v)
     for start, stop in plan.spans():
         e = plan.block(start, stop)
-        u_b = (alpha[..., start:stop] - _mv(xp, e, w)) / a[..., start:stop]
+        u_b = (alpha[..., start:stop] - matvec(xp, e, w)) / a[..., start:stop]
         u.append(u_b)
         grad = e * ((u_b[..., :, None] + w[..., None, :] - cot[..., start:stop, :] @ v_t) / plan.eps)
         if x is None:
@@ -408,7 +400,7 @@ def _cg(xp: Any, plan: PlanBlocks, a: Any, b: Any, rhs: Any, tol: float, max_ite
         out = b * w
         for start, stop in plan.spans():
             e = plan.block(start, stop)
-            out = out - _mtv(xp, e, _mv(xp, e, w) / a[..., start:stop])
+            out = out - matvec_t(xp, e, matvec(xp, e, w) / a[..., start:stop])
         return out
 
     return diagonal_cg(xp, schur, b, rhs, tol, max_iter)

@@ -41,7 +41,7 @@ from typing import Any
 from array_api_compat import device
 
 from ._dispatch import values_known, while_loop
-from ._xp import logsumexp, normal_exponent
+from ._xp import logsumexp, matvec, matvec_t, normal_exponent
 from .sinkhorn import SinkhornResult, flushed_exp, plan_from_potentials, sinkhorn_block, sinkhorn_log
 
 __all__ = ["solve", "solve_plan", "log_domain"]
@@ -135,7 +135,7 @@ def _solve(xp, cost, log_a, log_b, epsilon, tol, max_iter, check_every, init, sc
         if state.it >= max_iter and not last:
             # stopped in an earlier stage: make the columns exact at epsilon (a finite plan), report the rows
             state.rebuild(epsilon, *state.potentials())
-            err = float(xp.max(xp.sum(xp.abs(_matvec(xp, state.kern, state.v) - state.a), axis=-1)))
+            err = float(xp.max(xp.sum(xp.abs(matvec(xp, state.kern, state.v) - state.a), axis=-1)))
             break
     f, g = state.potentials()
     error = xp.asarray(err, dtype=dtype, device=dev)
@@ -256,7 +256,7 @@ class _Kernel:
         """Over-relaxed kernel updates until the row error is ``<= tol``; returns it."""
         xp = self.xp
         a, b, kern = self.a, self.b, self.kern
-        s = _matvec(xp, kern, self.v)
+        s = matvec(xp, kern, self.v)
         # the starting error: the first (plain) block's decrease already estimates the rate
         err, omega, cap = float(xp.max(xp.sum(xp.abs(self.u * s - a), axis=-1))), 1.0, OMEGA
         while self.it < max_iter:
@@ -264,10 +264,10 @@ class _Kernel:
             u, v = self.u, self.v
             for step in range(steps):
                 u = a / s if omega == 1.0 else u * (a / (u * s)) ** omega
-                t = _matvec_t(xp, kern, u)
+                t = matvec_t(xp, kern, u)
                 # the block's last update is plain, so the columns are exact when checked
                 v = b / t if omega == 1.0 or step == steps - 1 else v * (b / (v * t)) ** omega
-                s = _matvec(xp, kern, v)
+                s = matvec(xp, kern, v)
             self.it += steps
             self.u, self.v = u, v
             previous, err = err, float(xp.max(xp.sum(xp.abs(u * s - a), axis=-1)))
@@ -277,12 +277,12 @@ class _Kernel:
                 r = sinkhorn_log(xp, self.cost, self.log_a, self.log_b, self.eps, tol=0.0, max_iter=steps, check_every=steps, init=(self.f, self.g))
                 self.rebuild(self.eps, r.f, r.g)
                 kern, err, omega = self.kern, float(r.error), 1.0
-                s = _matvec(xp, kern, self.v)
+                s = matvec(xp, kern, self.v)
             if err <= tol:
                 break
             if big > self.threshold:
                 self.absorb()
-                s = _matvec(xp, kern, self.v)
+                s = matvec(xp, kern, self.v)
             omega, cap = _relaxation(omega, cap, previous, err, steps)
         return err
 
@@ -307,17 +307,3 @@ def _relaxation(omega: float, cap: float, previous: float, err: float, steps: in
     eta = min(1.0, (rho + omega - 1.0) ** 2 / (rho * omega * omega))
     best = 2.0 / (1.0 + math.sqrt(1.0 - eta))
     return min(cap, max(omega, best)), cap
-
-
-def _matvec(xp: Any, mat: Any, v: Any) -> Any:
-    """``mat @ v`` over leading batch dimensions, as a row vector times ``mat^T``
-    (a view): PyTorch's batched matrix-vector product is ~4x slower on CPU."""
-    if mat.ndim == 2:
-        return mat @ v
-    return xp.squeeze(v[..., None, :] @ xp.matrix_transpose(mat), axis=-2)
-
-
-def _matvec_t(xp: Any, mat: Any, u: Any) -> Any:
-    if mat.ndim == 2:
-        return u @ mat
-    return xp.squeeze(u[..., None, :] @ mat, axis=-2)
