@@ -1,6 +1,6 @@
 """Per-framework glue, installed as ``softk.backends``: nothing numerical lives here.
 
-Each module exposes the same three functions, looked up by
+Each module exposes the same four functions, looked up by
 :func:`softk._dispatch.glue_for`:
 
 * ``apply(op, arrays, params)``: run a :class:`softk._op.CoreOp` so that the
@@ -11,5 +11,7 @@ Each module exposes the same three functions, looked up by
   (a solver's ``converged``), at once or, under JAX, at run time.
 
 A glue module may also offer ``top_values(x, k, largest)`` where the library's
-namespace has no fast partial sort (JAX: ``lax.top_k``).
+namespace has no fast partial sort (JAX: ``lax.top_k``), and PyTorch's offers
+``accepts_out(*arrays)``: whether ``out=`` may write them (not under autograd,
+``torch.func`` or ``torch.compile``).
 """

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import array_api_compat.torch as xp
 import torch
 
-__all__ = ["apply", "while_loop", "values_known", "on_false"]
+__all__ = ["apply", "while_loop", "values_known", "on_false", "accepts_out"]
 
 
 class _CoreFunction(torch.autograd.Function):
@@ -74,3 +74,12 @@ def values_known(x: Any) -> bool:
 def on_false(flag: torch.Tensor, action: Callable[[], None]) -> None:
     if values_known(flag) and not bool(flag):
         action()
+
+
+def accepts_out(*arrays: Any) -> bool:
+    """Whether ``out=`` may write these tensors: none tracked by autograd or wrapped by
+    ``torch.func`` (their batching and gradient rules reject ``out=``), and not compiling."""
+    if torch.compiler.is_compiling():
+        return False
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return not any(isinstance(a, torch.Tensor) and (a.requires_grad or wrapped(a)) for a in arrays)

@@ -1,4 +1,4 @@
-"""Array-API building blocks the standard lacks: log-sum-exp, order statistics, row scatter.
+"""Array-API building blocks the standard lacks: log-sum-exp, partial sort, row scatter.
 
 Each helper is written against the standard; where a library has a faster
 native function (a partial sort, an indexed add) it is used in the way
@@ -13,7 +13,7 @@ from typing import Any
 import array_api_compat as compat
 import array_api_extra as xpx
 
-__all__ = ["logsumexp", "order_statistics", "add_at_rows", "normal_exponent", "overwrite", "matvec", "matvec_t"]
+__all__ = ["logsumexp", "top_values", "add_at_rows", "normal_exponent", "overwrite", "into", "matvec", "matvec_t"]
 
 
 def logsumexp(xp: Any, z: Any, axis: int = -1, keepdims: bool = False) -> Any:
@@ -31,35 +31,34 @@ def logsumexp(xp: Any, z: Any, axis: int = -1, keepdims: bool = False) -> Any:
     return out if keepdims else xp.squeeze(out, axis=axis)
 
 
-def order_statistics(xp: Any, x: Any, k: int, *, largest: bool = False) -> tuple[Any, Any, Any]:
-    """The k-th and (k+1)-th smallest (or largest) entries along the last axis (1-based), keepdims,
-    and the index of the first-ranked entry (shape ``x.shape[:-1]``) where the partial sort gives
-    it for free (``torch.topk``), else ``None``.
+def top_values(xp: Any, x: Any, count: int, *, largest: bool = False) -> tuple[Any, Any]:
+    """The ``count`` smallest (or largest) entries along the last axis, best first, and the
+    index of the first-ranked entry (shape ``x.shape[:-1]``) where the partial sort gives it
+    for free (``torch.topk``), else ``None``.
 
-    O(n) where the library has a partial sort (``topk``, ``partition``),
-    otherwise one ``xp.sort``.
+    O(n + count log count) where the library has a partial sort (``topk``,
+    ``partition``), otherwise one ``xp.sort``.
 
     >>> import numpy as np
-    >>> order_statistics(np, np.array([4.0, 1.0, 3.0, 2.0]), 2, largest=True)
-    (array([3.]), array([2.]), None)
+    >>> top_values(np, np.array([4.0, 1.0, 3.0, 2.0]), 2, largest=True)
+    (array([4., 3.]), None)
     """
     n = x.shape[-1]
+    if not 1 <= count <= n:
+        raise ValueError(f"count must be in [1, {n}], got {count}")
     if compat.is_jax_namespace(xp):
         from ._dispatch import glue_for
 
-        vals = glue_for(xp).top_values(x, k + 1, largest=largest)
-        return vals[..., k - 1 : k], vals[..., k : k + 1], None
+        return glue_for(xp).top_values(x, count, largest=largest), None
     if compat.is_torch_namespace(xp):
-        vals, index = xp.topk(x, k + 1, dim=-1, largest=largest, sorted=True)
-        return vals[..., k - 1 : k], vals[..., k : k + 1], index[..., 0]
+        vals, index = xp.topk(x, count, dim=-1, largest=largest, sorted=True)
+        return vals, index[..., 0]
     if compat.is_numpy_namespace(xp) or compat.is_cupy_namespace(xp):
-        if largest:  # the (n-k)-th smallest is the (k+1)-th largest
-            part = xp.partition(x, n - k - 1, axis=-1)
-            return xp.min(part[..., n - k :], axis=-1, keepdims=True), part[..., n - k - 1 : n - k], None
-        part = xp.partition(x, k, axis=-1)
-        return xp.max(part[..., :k], axis=-1, keepdims=True), part[..., k : k + 1], None
-    vals = xp.sort(x, axis=-1, descending=largest)
-    return vals[..., k - 1 : k], vals[..., k : k + 1], None
+        if count < n:
+            x = xp.partition(x, n - count, axis=-1)[..., n - count :] if largest else xp.partition(x, count - 1, axis=-1)[..., :count]
+        vals = xp.sort(x, axis=-1)
+        return (xp.flip(vals, axis=-1) if largest else vals), None
+    return xp.sort(x, axis=-1, descending=largest)[..., :count], None
 
 
 def add_at_rows(xp: Any, g: Any, index: Any, value: Any) -> Any:
@@ -94,6 +93,31 @@ def overwrite(buffer: Any, value: Any) -> Any:
     immutable and get a functional update that XLA fuses away.
     """
     return xpx.at(buffer)[...].set(value)
+
+
+def into(xp: Any, buffer: Any, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` written into ``buffer`` (NumPy, CuPy, PyTorch: their ``out=``), else returned new.
+
+    ``fn`` is an element-wise function of ``xp`` (``xp.multiply``, ``xp.maximum``,
+    ...) whose result has ``buffer``'s shape and dtype. One pass and no fresh
+    allocation, where ``overwrite`` followed by an in-place operator is two
+    passes; JAX arrays are immutable (XLA fuses the chain) and the strict
+    namespace has no ``out=``, nor has PyTorch under autograd, ``torch.func`` or
+    ``torch.compile``.
+
+    >>> import numpy as np
+    >>> buf = np.zeros(3)
+    >>> into(np, buf, np.multiply, np.arange(3.0), 2.0) is buf, buf.tolist()
+    (True, [0.0, 2.0, 4.0])
+    """
+    if compat.is_numpy_namespace(xp) or compat.is_cupy_namespace(xp):
+        return fn(*args, out=buffer)
+    if compat.is_torch_namespace(xp):
+        from ._dispatch import glue_for
+
+        if glue_for(xp).accepts_out(buffer, *args):
+            return fn(*args, out=buffer)
+    return fn(*args)
 
 
 def matvec(xp: Any, mat: Any, v: Any) -> Any:

@@ -31,7 +31,7 @@ from ._layout import from_rows, to_rows
 from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
-from ._xp import add_at_rows, overwrite
+from ._xp import add_at_rows, into
 from .sinkhorn import plan_from_potentials, plan_vjp, sinkhorn_log
 from .threshold import soft_select
 
@@ -120,13 +120,11 @@ def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, me
         sum_dv = xp.sum(grad, axis=-1, keepdims=True)
         grad *= rows
         sum_dvx = xp.sum(grad, axis=-1, keepdims=True)
-        grad = overwrite(grad, d)
-        grad *= rows
+        grad = into(xp, grad, xp.multiply, d, rows)
         sum_dx = xp.sum(grad, axis=-1, keepdims=True)
         tiny = xp.asarray(xp.finfo(d.dtype).smallest_normal, dtype=d.dtype, device=device(d))
         mean_v = sum_dv / xp.maximum(xp.sum(d, axis=-1, keepdims=True), tiny)
-        grad = overwrite(grad, v)
-        grad -= mean_v
+        grad = into(xp, grad, xp.subtract, v, mean_v)
         grad *= d  # d * (v - mean_v) = eps * dL/ds, which sums to zero
         grad_m = (2.0 * sign / (m * m * epsilon)) * (sum_dvx - mean_v * sum_dx)  # sum(grad * x)
         grad *= (-2.0 * sign) / (m * epsilon)
