@@ -28,7 +28,8 @@ from array_api_compat import device
 
 from ._op import CoreOp
 from .costs import sqeuclidean, sqeuclidean_vjp
-from .online import PlanBlocks, apply as online_apply, apply_vjp as online_apply_vjp, solve as online_solve, value_vjp
+from .blocks import PlanBlocks, apply as online_apply, apply_vjp as online_apply_vjp, value_vjp
+from .online import solve as online_solve
 from .scaling import solve
 from .sinkhorn import plan_vjp
 
@@ -170,7 +171,7 @@ def _plan_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, **_):
 
 
 def _blocks(xp, arrays, names, epsilon):
-    """The plan at the given potentials as :class:`softk.online.PlanBlocks` (never formed),
+    """The plan at the given potentials as :class:`softk.blocks.PlanBlocks` (never formed),
     the named inputs and the clouds broadcast to the batch (None for a cost matrix)."""
     _, log_a, log_b, d = problem(xp, arrays[:-1], names, online=True)  # a cost matrix is never copied
     x = y = None
@@ -191,7 +192,7 @@ def _apply_at(xp, *arrays, names, epsilon, **_):
 def _apply_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, online, **_):
     """``P V``: ``dV = P^T cot``; the plan's cotangent is ``cot V^T``.
 
-    Online: blockwise (:func:`softk.online.apply_vjp`, O(n + m) memory); otherwise ``P`` is formed
+    Online: blockwise (:func:`softk.blocks.apply_vjp`, O(n + m) memory); otherwise ``P`` is formed
     (the cost matrix, or its gradient, is n x m anyway) and the dense implicit VJP runs on it."""
     v = arrays[-1]
     if online:

@@ -1,21 +1,9 @@
-"""Online Sinkhorn and blockwise plan products: ``P`` is never formed.
+"""Online Sinkhorn for point clouds: ``P`` is never formed.
 
-The plan ``P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)`` is produced in row
-blocks of ``BLOCK_ENTRIES`` entries (:class:`PlanBlocks`), from a cost matrix
-or, for point clouds with the squared Euclidean cost, from one small matrix
-product per block: with ``||x_i - y_j||^2 = |x_i|^2 + |y_j|^2 - 2 x_i.y_j``,
-
-    log P_ij = [x_i, r_i, 1] . [2 y_j / eps, 1, c_j],
-    r_i = log a_i + (f_i - |x_i|^2) / eps,   c_j = log b_j + (g_j - |y_j|^2) / eps,
-
-a product of inner dimension ``d + 2`` (the clouds are first translated to a
-common centre, which leaves the cost unchanged and keeps ``|x|^2 / eps`` small).
-Memory is O(n + m) plus one block; a block of a few MB stays in cache between
-the product, the exponential and the sums.
-
-**Solver** (:func:`solve`, point clouds): one pass over the blocks is one full
-Sinkhorn iteration. Each block is the plan at the current ``(f, g)``; its row
-sums ``r`` give the row-marginal error (free, every iteration) and the
+The plan is produced in row blocks (:class:`softk.blocks.PlanBlocks`, O(n + m)
+memory plus one block). One pass over the blocks is one full Sinkhorn
+iteration (:func:`solve`). Each block is the plan at the current ``(f, g)``;
+its row sums ``r`` give the row-marginal error (free, every iteration) and the
 f-update ``f += eps log(a / r)``; the column sums of the updated rows are
 ``(a / r)^T P``, so the g-update needs no second exponential pass. Entries
 never overflow (after a g-update ``P_ij <= b_j``); a block whose row sums leave
@@ -27,13 +15,6 @@ grows) as in :mod:`softk.scaling`; the g-update closing each block of
 ``check_every`` iterations is plain, and convergence is only declared on an
 error measured with exact columns. Under ``jax.jit`` the same problem runs in
 the bounded log-domain loop :func:`softk.scaling.log_domain`.
-
-**Products.** :func:`apply` gives ``P V``; :func:`apply_vjp` its VJP: ``P^T G``
-for ``V`` and, for the problem, the implicit VJP of the plan contracted with
-the rank-k cotangent ``G V^T`` (methods.md section 1) with matvecs only: one
-pass for the right-hand side, the Schur complement accumulated blockwise (at
-most ``SCHUR_MAX`` targets) or conjugate gradients with one pass per step, and
-one last pass for the gradients.
 """
 
 from __future__ import annotations
@@ -44,98 +25,20 @@ from typing import Any
 from array_api_compat import device
 
 from ._dispatch import values_known
-from ._xp import matvec, matvec_t, normal_exponent
+from ._xp import matvec_t, normal_exponent
+from .blocks import PlanBlocks, accumulate, centred, clipped_exp, concat_parts, rows_per_block
 from .scaling import OMEGA, STAGE_TOL, log_domain
-from .sinkhorn import SinkhornResult, diagonal_cg, gauged_solve
+from .sinkhorn import SinkhornResult
 
-__all__ = ["solve", "value_vjp", "apply", "apply_vjp", "PlanBlocks", "BLOCK_ENTRIES", "SCHUR_MAX"]
+__all__ = ["solve", "lse_update"]
 
-BLOCK_ENTRIES = 2**19  # plan entries per block (4 MB in float64: cache-sized)
-SCHUR_MAX = 128  # up to this many targets the implicit system is solved directly
 WARMUP = 4  # plain iterations (errors with exact columns) per stage before over-relaxing
-
-
-def _rows(m: int) -> int:
-    return max(1, BLOCK_ENTRIES // max(m, 1))
-
-
-def _spans(n: int, m: int) -> list[tuple[int, int]]:
-    rows = _rows(m)
-    return [(start, min(start + rows, n)) for start in range(0, n, rows)]
-
-
-def centred(xp: Any, x: Any, y: Any) -> tuple[Any, Any]:
-    """``x`` and ``y`` translated by the centre of their common bounding box (the cost is unchanged)."""
-    low = xp.minimum(xp.min(x, axis=-2, keepdims=True), xp.min(y, axis=-2, keepdims=True))
-    high = xp.maximum(xp.max(x, axis=-2, keepdims=True), xp.max(y, axis=-2, keepdims=True))
-    centre = 0.5 * (low + high)
-    return x - centre, y - centre
-
-
-def _ones(xp: Any, like: Any) -> Any:
-    return xp.ones((*like.shape[:-1], 1), dtype=like.dtype, device=device(like))
-
-
-class PlanBlocks:
-    """Row blocks of ``P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)``, from ``cost`` or from clouds ``x, y``.
-
-    ``x, y`` (..., n, d), (..., m, d) must already share the batch shape of
-    ``log_a``/``log_b``; ``block(start, stop)`` returns rows ``start:stop``
-    (..., rows, m).
-    """
-
-    def __init__(self, xp: Any, log_a: Any, log_b: Any, f: Any, g: Any, eps: Any, *, cost: Any = None, x: Any = None, y: Any = None):
-        self.xp, self.eps, self.cost = xp, eps, cost
-        self.n, self.m = log_a.shape[-1], log_b.shape[-1]
-        if cost is None:
-            xc, yc = centred(xp, x, y)
-            row = log_a + (f - xp.sum(xc * xc, axis=-1)) / eps
-            col = log_b + (g - xp.sum(yc * yc, axis=-1)) / eps
-            self.left = xp.concat([xc, row[..., None], _ones(xp, xc)], axis=-1)
-            self.right_t = xp.matrix_transpose(xp.concat([yc * (2.0 / eps), _ones(xp, yc), col[..., None]], axis=-1))
-        else:
-            self.row = log_a + f / eps
-            self.col = (log_b + g / eps)[..., None, :]
-
-    def spans(self) -> list[tuple[int, int]]:
-        return _spans(self.n, self.m)
-
-    def log_block(self, start: int, stop: int) -> Any:
-        if self.cost is None:
-            return self.left[..., start:stop, :] @ self.right_t
-        z = self.cost[..., start:stop, :] / (-self.eps)
-        z = z + self.row[..., start:stop, None]
-        return z + self.col
-
-    def block(self, start: int, stop: int) -> Any:
-        return clipped_exp(self.xp, self.log_block(start, stop))
-
-
-def clipped_exp(xp: Any, z: Any) -> Any:
-    """``exp(z)`` with ``z`` clipped below at ``-(normal exponent - 8)`` (-79 in float32, -700 in float64).
-
-    Underflowing exponentials are 10-20x slower than normal ones in PyTorch (and
-    NumPy float64); in a plan at small epsilon most entries underflow. The clipped
-    entries (< 4e-35 in float32) change a sum of ``m`` of them by less than
-    ``m`` times that: far below the dtype's resolution of any row or column sum."""
-    return xp.exp(xp.clip(z, min=8.0 - normal_exponent(xp, z.dtype)))
-
-
-def _add(total: Any, part: Any) -> Any:
-    return part if total is None else total + part
-
-
-def _cat(xp: Any, parts: list, axis: int) -> Any:
-    return xp.concat(parts, axis=axis) if len(parts) > 1 else parts[0]
-
-
-# --------------------------------------------------------------------------- the solver
 
 
 def lse_update(xp: Any, x: Any, y: Any, h: Any, log_w: Any, eps: Any) -> Any:
     """``-eps LSE_j(log_w_j + (h_j - ||x_i - y_j||^2) / eps)`` for every ``i``, in row blocks of ``x``
     (max-shifted: the log-domain half-iteration, used under ``jax.jit`` and as a fallback)."""
-    n, rows = x.shape[-2], _rows(y.shape[-2])
+    n, rows = x.shape[-2], rows_per_block(y.shape[-2])
     col = log_w + (h - xp.sum(y * y, axis=-1)) / eps
     y_t = xp.matrix_transpose(y) * (2.0 / eps)
     out = []
@@ -147,7 +50,7 @@ def lse_update(xp: Any, x: Any, y: Any, h: Any, log_w: Any, eps: Any) -> Any:
         top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
         lse = xp.log(xp.sum(clipped_exp(xp, z - top), axis=-1)) + top[..., 0]
         out.append(xp.sum(xb * xb, axis=-1) - eps * lse)
-    return _cat(xp, out, -1)
+    return concat_parts(xp, out, -1)
 
 
 def solve(xp, x, y, log_a, log_b, epsilon, *, tol, max_iter, check_every, init=None, scaling=True):
@@ -225,10 +128,10 @@ class _Online:
                 rows = xp.exp(xp.log(rows_shifted) + top)
                 scale = xp.exp(omega * log_ratio + top)
             del z
-            err = _add(err, xp.sum(xp.abs(rows - self.a[..., start:stop]), axis=-1))
+            err = accumulate(err, xp.sum(xp.abs(rows - self.a[..., start:stop]), axis=-1))
             f_new.append(f[..., start:stop] + (omega * eps) * log_ratio)
-            cols = _add(cols, matvec_t(xp, e, scale))
-        f_new = _cat(xp, f_new, -1)
+            cols = accumulate(cols, matvec_t(xp, e, scale))
+        f_new = concat_parts(xp, f_new, -1)
         step = 1.0 if plain_g else omega
         log_ratio = self.log_b - xp.log(cols)
         if bool(xp.all(xp.abs(log_ratio) < self.limit)):
@@ -306,101 +209,3 @@ def _omega(omega: float, before: float, after: float, steps: int) -> float:
     rho = (after / before) ** (1.0 / steps)
     kappa = min(1.0, (rho + omega - 1.0) ** 2 / (omega * omega * rho))
     return min(OMEGA, 2.0 / (1.0 + math.sqrt(1.0 - kappa)))
-
-
-# --------------------------------------------------------------------------- products without P
-
-
-def plan_products(xp: Any, plan: PlanBlocks, right: Any, left: Any) -> tuple[Any, Any]:
-    """``(P right, P^T left)`` in one pass; ``right`` (..., m, k), ``left`` (..., n, l)."""
-    p_r, pt_l = [], None
-    for start, stop in plan.spans():
-        e = plan.block(start, stop)
-        p_r.append(e @ right)
-        pt_l = _add(pt_l, xp.matrix_transpose(e) @ left[..., start:stop, :])
-    return _cat(xp, p_r, -2), pt_l
-
-
-def apply(xp: Any, plan: PlanBlocks, v: Any) -> Any:
-    """``P v`` for ``v`` (..., m, k), one block at a time."""
-    return _cat(xp, [plan.block(start, stop) @ v for start, stop in plan.spans()], -2)
-
-
-def value_vjp(xp, x, y, log_a, log_b, f, g, eps, cotangent):
-    """``(dW/dx, dW/dy)`` times the cotangent (shape: batch), blockwise: the
-    squared Euclidean VJP of ``dW/dC = P``, ``2 (x * P 1 - P y)`` and ``2 (y * P^T 1 - P^T x)``."""
-    x = xp.broadcast_to(x, (*log_a.shape, x.shape[-1]))
-    y = xp.broadcast_to(y, (*log_b.shape, y.shape[-1]))
-    plan = PlanBlocks(xp, log_a, log_b, f, g, eps, x=x, y=y)
-    p_y1, pt_x1 = plan_products(xp, plan, xp.concat([y, _ones(xp, y)], axis=-1), xp.concat([x, _ones(xp, x)], axis=-1))
-    cot = cotangent[..., None, None]
-    grad_x = 2.0 * cot * (p_y1[..., -1:] * x - p_y1[..., :-1])
-    grad_y = 2.0 * cot * (pt_x1[..., -1:] * y - pt_x1[..., :-1])
-    return grad_x, grad_y
-
-
-def apply_vjp(xp: Any, plan: PlanBlocks, v: Any, cot: Any, *, x: Any = None, y: Any = None, cg_tol: float = 1e-10, cg_max_iter: int = 1000) -> tuple:
-    """VJP of ``P V`` (``V`` (..., m, k), cotangent ``cot`` (..., n, k)) without forming ``P``.
-
-    Returns ``(grad_geometry, grad_log_a, grad_log_b, grad_v)``: ``grad_geometry``
-    is ``(dx, dy)`` for clouds (``x, y`` given) or ``dC`` (formed, n x m, block
-    by block) for a cost matrix; the weight gradients are w.r.t. the
-    normalised weights, as :func:`softk.sinkhorn.plan_vjp` returns them.
-
-    The plan's cotangent is ``G = cot V^T``. Pass 1: ``a = P 1``, ``b = P^T 1``,
-    ``alpha = (G * P) 1 = sum_k cot * (P V)``, ``beta = (G * P)^T 1 = sum_k V * (P^T cot)``,
-    ``rhs = beta - P^T (alpha / a)`` and ``P^T cot`` (the gradient for ``V``);
-    then ``(diag(b) - P^T diag(1/a) P) w = rhs`` (Schur complement accumulated
-    in pass 1 for at most ``SCHUR_MAX`` targets, else Jacobi-preconditioned
-    conjugate gradients, one pass per step); last pass: ``u = (alpha - P w) / a``
-    and ``dC = P * (u_i + w_j - G_ij) / eps`` block by block, contracted with
-    the squared Euclidean VJP for clouds.
-    """
-    m = plan.m
-    schur = m <= SCHUR_MAX
-    a, alpha, b, pt_cot, pt_alpha, s = [], [], None, None, None, None
-    for start, stop in plan.spans():
-        e = plan.block(start, stop)
-        a_b = xp.sum(e, axis=-1)
-        alpha_b = xp.sum(cot[..., start:stop, :] * (e @ v), axis=-1)
-        a.append(a_b)
-        alpha.append(alpha_b)
-        b = _add(b, xp.sum(e, axis=-2))
-        pt_cot = _add(pt_cot, xp.matrix_transpose(e) @ cot[..., start:stop, :])
-        pt_alpha = _add(pt_alpha, matvec_t(xp, e, alpha_b / a_b))
-        if schur:
-            s = _add(s, xp.matrix_transpose(e) @ (e / a_b[..., None]))
-    a, alpha = _cat(xp, a, -1), _cat(xp, alpha, -1)
-    rhs = xp.sum(v * pt_cot, axis=-1) - pt_alpha
-    if schur:
-        w = gauged_solve(xp, s, b, rhs)
-    else:
-        w = _cg(xp, plan, a, b, rhs, cg_tol, cg_max_iter)
-    grad_c, grad_x, grad_y, u = [], [], None, []
-    v_t = xp.matrix_transpose(v)
-    for start, stop in plan.spans():
-        e = plan.block(start, stop)
-        u_b = (alpha[..., start:stop] - matvec(xp, e, w)) / a[..., start:stop]
-        u.append(u_b)
-        grad = e * ((u_b[..., :, None] + w[..., None, :] - cot[..., start:stop, :] @ v_t) / plan.eps)
-        if x is None:
-            grad_c.append(grad)
-            continue
-        xb = x[..., start:stop, :]
-        grad_x.append(2.0 * (xb * xp.sum(grad, axis=-1)[..., None] - grad @ y))
-        grad_y = _add(grad_y, 2.0 * (y * xp.sum(grad, axis=-2)[..., None] - xp.matrix_transpose(grad) @ xb))
-    geometry = _cat(xp, grad_c, -2) if x is None else (_cat(xp, grad_x, -2), grad_y)
-    return geometry, _cat(xp, u, -1), w, pt_cot
-
-
-def _cg(xp: Any, plan: PlanBlocks, a: Any, b: Any, rhs: Any, tol: float, max_iter: int) -> Any:
-    """Preconditioned CG for ``(diag(b) - P^T diag(1/a) P) w = rhs``, one blockwise pass per step."""
-
-    def schur(w: Any) -> Any:
-        out = b * w
-        for start, stop in plan.spans():
-            e = plan.block(start, stop)
-            out = out - matvec_t(xp, e, matvec(xp, e, w) / a[..., start:stop])
-        return out
-
-    return diagonal_cg(xp, schur, b, rhs, tol, max_iter)

@@ -82,7 +82,7 @@ class SinkhornOutput:
     def apply(self, v: Any) -> Any:
         """``P @ v`` for ``v`` of shape (m,) or (..., m, k); differentiable in ``v`` and the problem.
 
-        ``P`` is never formed: one row block of it at a time (``softk.online.BLOCK_ENTRIES``
+        ``P`` is never formed: one row block of it at a time (``softk.blocks.BLOCK_ENTRIES``
         entries), from the cost matrix's rows or, for point clouds, from the points.
         The VJP is ``P^T cot`` for ``v`` and the plan's implicit VJP contracted
         with ``cot v^T`` for the problem: blockwise with memory O((n + m) k) when

@@ -13,7 +13,7 @@ import pytest
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 MODULES = [
     "softk", "softk._op", "softk._xp", "softk.sinkhorn", "softk.threshold", "softk.topk", "softk.semidual", "softk.sorting",
-    "softk.sorting_topk", "softk.ot", "softk.scaling", "softk.online", "softk.costs",
+    "softk.sorting_topk", "softk.ot", "softk.scaling", "softk.online", "softk.blocks", "softk.costs",
 ]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
