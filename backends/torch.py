@@ -77,9 +77,10 @@ def on_false(flag: torch.Tensor, action: Callable[[], None]) -> None:
 
 
 def accepts_out(*arrays: Any) -> bool:
-    """Whether ``out=`` may write these tensors: none tracked by autograd or wrapped by
-    ``torch.func`` (their batching and gradient rules reject ``out=``), and not compiling."""
+    """Whether ``out=`` may write these tensors: none recorded by autograd (grad mode on and
+    requiring a gradient) or wrapped by ``torch.func`` (their batching and gradient rules
+    reject ``out=``), and not compiling."""
     if torch.compiler.is_compiling():
         return False
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return not any(isinstance(a, torch.Tensor) and (a.requires_grad or wrapped(a)) for a in arrays)
+    wrapped, recording = torch._C._functorch.is_functorch_wrapped_tensor, torch.is_grad_enabled()
+    return not any(isinstance(a, torch.Tensor) and ((recording and a.requires_grad) or wrapped(a)) for a in arrays)
