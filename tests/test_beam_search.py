@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -259,10 +260,73 @@ def test_docstring_example():
     assert result.failed == 0 and result.attempted > 0
 
 
+def _example():
+    spec = importlib.util.spec_from_file_location("beam_search_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_example_quick_mode_prints_its_table():
     pytest.importorskip("torch")
     run = subprocess.run([sys.executable, str(EXAMPLE), "--quick"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    for row in ("| teacher forcing |", "| + soft beam search |", "| + hard beam search (control) |"):
-        assert row in run.stdout
-    assert "token accuracy (beam) per seed" in run.stdout and "sequence accuracy (beam) per seed" in run.stdout
+    names = _example().MODES
+    rows = {}  # the first table: one summary row per training (the per-seed table repeats the names)
+    for line in run.stdout.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0][2:], line)
+    assert len(names) == 7 and "teacher forcing" in names
+    for name in names:
+        # the summary row: five metrics, each a mean +- std in [0, 1] (one seed: std 0)
+        cells = rows[name].split(" | ")[1:6]
+        means = [float(c.split(" +- ")[0]) for c in cells]
+        assert all(0.0 <= m <= 1.0 for m in means) and all(c.endswith("+- 0.000") for c in cells), rows[name]
+    # 20 teacher-forcing steps already beat chance (0.1) with reference prefixes
+    assert float(rows["teacher forcing"].split(" | ")[5].split(" +- ")[0]) > 0.2
+    # 10 steps of the sequence loss on the hard beams already lift the beam-3 token accuracy (0.38 -> 0.55 here)
+    beam_tok = {name: float(rows[name].split(" | ")[1].split(" +- ")[0]) for name in names}
+    assert beam_tok["+ sequence loss, hard (control)"] > beam_tok["teacher forcing"] + 0.05
+    assert "Per seed, beam 3 (token acc. / sequence acc.):" in run.stdout and "| seed 0 |" in run.stdout
+
+
+def test_example_losses():
+    """The extra losses of the example: what gets a gradient from the hard and from the soft search."""
+    torch = pytest.importorskip("torch")
+    ex = _example()
+    torch.set_num_threads(1)
+    model = ex.Tagger(0)
+    s, y = ex.make_data(np.random.default_rng(0), 8)
+
+    def grads(terms):
+        for p in model.parameters():
+            p.grad = None
+        loss = ex.loss_terms(model, s, y, terms)
+        loss.backward()
+        return float(loss), torch.cat([p.grad.ravel() for p in model.parameters()])
+
+    tf_loss, tf_grad = grads(())
+    # the expected accuracy of the top beam: constant under the hard search, a gradient under the soft one
+    hard_loss, hard_grad = grads((("acc", None),))
+    soft_loss, soft_grad = grads((("acc", 0.05),))
+    assert -1.0 <= hard_loss - tf_loss <= 0.0 and torch.equal(hard_grad, tf_grad)
+    assert -1.0 <= soft_loss - tf_loss <= 0.0 and (soft_grad - tf_grad).abs().max() > 1e-5
+    # the sequence loss log(1 + sum_r exp(s_r - s_ref)) is positive and bounded by log(1 + k) + max_r (s_r - s_ref)
+    seq_loss, seq_grad = grads((("seq", None),))
+    assert 0.0 < seq_loss - tf_loss and (seq_grad - tf_grad).abs().max() > 1e-5
+    with torch.no_grad():
+        out = softk.beam_search(model.step, model.encode(s), ex.BEAMS, ex.LENGTH, hard=True)
+        s_ref = model.teacher_forced_logp(s, y).gather(-1, y[..., None]).sum((-2, -1))
+        bound = float((np.log(1 + ex.BEAMS) + (out.scores.max(-1).values - s_ref).clamp(min=0)).mean())
+    assert seq_loss - tf_loss <= bound + 1e-5
+
+
+def test_example_shared_warmup_is_plain_training():
+    """Rows copy the teacher-forcing warm-up (model, Adam state, data stream): same as training from scratch."""
+    torch = pytest.importorskip("torch")
+    ex = _example()
+    torch.set_num_threads(1)
+    shared, _ = ex.train_all(0, 6, {"a": (), "b": ()}, warmup=0.5)
+    alone, _ = ex.train_all(0, 6, {"a": ()}, warmup=0.0)
+    for p, q, r in zip(shared["a"].parameters(), shared["b"].parameters(), alone["a"].parameters()):
+        assert torch.equal(p, q) and torch.equal(p, r)
