@@ -13,8 +13,8 @@ any temperature.
 
 Speed: ``c`` starts between the k-th and (k+1)-th selected scores (an O(n)
 partial sort), ``tau`` starts at the root of the problem restricted to the
-best ``k + 17`` entries (exact for the full one as epsilon -> 0: one Newton
-step at epsilon = 1e-3), ``w_i = exp(scale * (x_i - c))`` is computed once, and each
+best ``k + 17`` entries (exact for the full one as epsilon -> 0: one full-size
+evaluation at epsilon = 1e-3), ``w_i = exp(scale * (x_i - c))`` is computed once, and each
 Newton step on ``tau`` costs one multiply and one reciprocal per entry, with no
 further ``exp``. ``w`` is clipped to ``exp(+-U)``: every product stays a normal
 float and ``exp`` stays on its fast path (out-of-range arguments cost it 10x);
@@ -123,7 +123,7 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
         it, tau, _, _, a, done = while_loop(xp, cond, body, init)
         return tau, a, done, it
 
-    def odds(values: Any, centre: Any) -> Any:
+    def odds(values: Any, centre: Any) -> tuple[Any, Any]:
         """``w = exp(slope (values - centre))``, the exponent clipped to ``+-clip``, and a scratch
         buffer of the same shape (the exponent)."""
         u = xp.minimum(values, centre + clip / scale)  # xp.clip with row bounds is 3x slower in PyTorch
