@@ -13,7 +13,7 @@ from typing import Any
 import array_api_compat as compat
 import array_api_extra as xpx
 
-__all__ = ["logsumexp", "top_values", "add_at_rows", "normal_exponent", "overwrite", "into", "matvec", "matvec_t"]
+__all__ = ["logsumexp", "top_values", "add_at_rows", "normal_exponent", "into", "matvec", "matvec_t"]
 
 
 def logsumexp(xp: Any, z: Any, axis: int = -1, keepdims: bool = False) -> Any:
@@ -85,22 +85,12 @@ def normal_exponent(xp: Any, dtype: Any) -> float:
     return -math.log(float(xp.finfo(dtype).smallest_normal))
 
 
-def overwrite(buffer: Any, value: Any) -> Any:
-    """``value`` written into ``buffer`` in place where the library allows it, else ``value``.
-
-    Reusing a scratch array of the caller's avoids a fresh allocation (page
-    faults dominate element-wise passes on large CPU arrays); JAX arrays are
-    immutable and get a functional update that XLA fuses away.
-    """
-    return xpx.at(buffer)[...].set(value)
-
-
 def into(xp: Any, buffer: Any, fn: Any, *args: Any) -> Any:
     """``fn(*args)`` written into ``buffer`` (NumPy, CuPy, PyTorch: their ``out=``), else returned new.
 
     ``fn`` is an element-wise function of ``xp`` (``xp.multiply``, ``xp.maximum``,
     ...) whose result has ``buffer``'s shape and dtype. One pass and no fresh
-    allocation, where ``overwrite`` followed by an in-place operator is two
+    allocation, where a copy followed by an in-place operator is two
     passes; JAX arrays are immutable (XLA fuses the chain) and the strict
     namespace has no ``out=``, nor has PyTorch under autograd, ``torch.func`` or
     ``torch.compile``.
