@@ -12,11 +12,12 @@ bisection fallback) reaches machine precision in a handful of O(n) passes at
 any temperature.
 
 Speed: ``c`` starts between the k-th and (k+1)-th selected scores (an O(n)
-partial sort), ``tau`` starts at the root of the problem restricted to the
-best ``k + 17`` entries (exact for the full one as epsilon -> 0: one full-size
-evaluation at epsilon = 1e-3), ``w_i = exp(scale * (x_i - c))`` is computed once, and each
-Newton step on ``tau`` costs one multiply and one reciprocal per entry, with no
-further ``exp``. ``w`` is clipped to ``exp(+-U)``: every product stays a normal
+partial sort), ``tau`` starts at the root of the problem on the best ``k + 17``
+entries plus every ``STRIDE``-th other entry weighted for its share of the rest
+(one full-size evaluation at epsilon = 1e-3, two at 0.1 and 1),
+``w_i = exp(scale * (x_i - c))`` is computed once, and each Newton step on
+``tau`` costs one multiply and one reciprocal per entry, with no further
+``exp``. ``w`` is clipped to ``exp(+-U)``: every product stays a normal
 float and ``exp`` stays on its fast path (out-of-range arguments cost it 10x);
 if the root leaves the window ``|tau| < T`` where the clipping changes ``A`` by
 far less than rounding, ``c`` is moved to the root and ``w`` recomputed.
@@ -38,6 +39,7 @@ __all__ = ["soft_select", "ThresholdResult"]
 MAX_NEWTON = 100
 MAX_RECENTRE = 8
 CANDIDATES = 16  # ranked entries past the (k+1)-th that the starting point is solved on
+STRIDE = 64  # every STRIDE-th entry of the rest stands for its neighbours in the starting problem
 
 
 @dataclass(frozen=True)
@@ -85,15 +87,15 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
     dev = _dev(x)
     tiny = xp.asarray(finfo.smallest_normal, dtype=x.dtype, device=dev)
 
-    def newton(w: Any, a: Any, tau: Any) -> tuple[Any, Any, Any, Any]:
-        """Solve sum(1 / (1 + w e^tau)) = k for tau in [-window, window], from ``tau``.
+    def newton(w: Any, a: Any, tau: Any, weights: Any = None) -> tuple[Any, Any, Any, Any]:
+        """Solve sum(weights / (1 + w e^tau)) = k for tau in [-window, window], from ``tau``.
 
-        Newton runs on the log-odds ``log S - log(size - S)`` of the total
-        ``S = sum A``, which is nearly linear in ``tau`` in both tails, so a
-        start far from the root costs one or two steps, not ``|tau|`` of them.
+        Newton runs on the log-odds ``log S - log(n - S)`` of the total
+        ``S = sum weights A`` (weights 1 when ``None``: the full problem; ``n``
+        is the weights' sum), which is nearly linear in ``tau`` in both tails,
+        so a start far from the root costs one or two steps, not ``|tau|`` of them.
         """
-        size = w.shape[-1]
-        log_odds = math.log(k / (size - k))
+        log_odds = math.log(k / (n - k))
 
         def cond(state: tuple) -> Any:
             it, done = state[0], state[-1]
@@ -104,9 +106,13 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
             a = into(xp, a, xp.multiply, w, xp.exp(tau))
             a += 1.0
             a **= -1.0
-            total = xp.sum(a, axis=-1, keepdims=True)
-            rest = size - total
-            curvature = total - xp.linalg.vector_norm(a, axis=-1, keepdims=True) ** 2  # sum a (1 - a)
+            if weights is None:
+                total = xp.sum(a, axis=-1, keepdims=True)
+                curvature = total - xp.linalg.vector_norm(a, axis=-1, keepdims=True) ** 2  # sum a (1 - a)
+            else:
+                total = xp.sum(weights * a, axis=-1, keepdims=True)
+                curvature = total - xp.sum(weights * a * a, axis=-1, keepdims=True)
+            rest = n - total
             excess = total - k
             lo = xp.where(excess > 0, tau, lo)
             hi = xp.where(excess > 0, hi, tau)
@@ -132,14 +138,21 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
         u *= slope
         return xp.exp(u), u
 
-    # Start: the root of the same problem on the ``count`` best entries only. The
-    # others add less the smaller epsilon is, so at small epsilon the full problem
-    # is solved at its first evaluation; at large epsilon it is still a closer start than 0.
+    # Start: the root of the problem on the ``count`` best entries, each weight 1, and
+    # every STRIDE-th other entry, each standing for its share of the n - count others.
+    # At small epsilon the best entries carry the sum (the full problem is solved at
+    # its first evaluation); at large epsilon the strided sample carries the tail.
     start, reduced_iter = zero, xp.asarray(0, device=dev)
     if n >= 4 * count:
-        w_best, a_best = odds(best, centre)
-        tau_best, _, _, reduced_iter = newton(w_best, a_best, zero)
-        start = xp.where(xp.abs(tau_best) < 0.5 * window, tau_best, zero)
+        sample = x[..., ::STRIDE]
+        beyond = best[..., count - 1 : count]
+        others = (sample < beyond) if largest else (sample > beyond)
+        others = xp.astype(others, x.dtype)
+        share = (n - count) / xp.maximum(xp.sum(others, axis=-1, keepdims=True), xp.ones_like(centre))
+        weights = xp.concat([xp.ones_like(best), others * share], axis=-1)
+        w_start, a_start = odds(xp.concat([best, sample], axis=-1), centre)
+        tau_start, _, _, reduced_iter = newton(w_start, a_start, zero, weights)
+        start = xp.where(xp.abs(tau_start) < 0.9 * window, tau_start, zero)
 
     def solve_at(centre: Any, tau: Any, it: Any, n_iter: Any) -> tuple:
         """Newton around ``centre``; ask for another pass where the root left the window."""
