@@ -112,17 +112,16 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
             else:
                 total = xp.sum(weights * a, axis=-1, keepdims=True)
                 curvature = total - xp.sum(weights * a * a, axis=-1, keepdims=True)
-            rest = n - total
             excess = total - k
-            lo = xp.where(excess > 0, tau, lo)
-            hi = xp.where(excess > 0, hi, tau)
-            gap = xp.log(xp.maximum(total, tiny)) - xp.log(xp.maximum(rest, tiny)) - log_odds
-            derivative = curvature * (1.0 / xp.maximum(total, tiny) + 1.0 / xp.maximum(rest, tiny))
+            above = excess > 0
+            lo = xp.where(above, tau, lo)
+            hi = xp.where(above, hi, tau)
+            selected, rest = xp.maximum(total, tiny), xp.maximum(n - total, tiny)
+            gap = xp.log(selected) - xp.log(rest) - log_odds
+            derivative = curvature * (1.0 / selected + 1.0 / rest)
             newton_tau = tau + gap / xp.maximum(derivative, tiny)
-            inside = xp.logical_and(newton_tau > lo, newton_tau < hi)
-            new_tau = xp.where(inside, newton_tau, 0.5 * (lo + hi))
-            now_done = (xp.abs(excess) <= atol) | (xp.abs(new_tau - tau) <= step_tol * (1.0 + xp.abs(tau)))
-            done = done | now_done
+            new_tau = xp.where((newton_tau > lo) & (newton_tau < hi), newton_tau, 0.5 * (lo + hi))
+            done = done | (xp.abs(excess) <= atol) | (xp.abs(new_tau - tau) <= step_tol * (1.0 + xp.abs(tau)))
             return it + 1, xp.where(done, tau, new_tau), lo, hi, a, done
 
         init = (xp.asarray(0, device=dev), tau, zero - window, zero + window, a, xp.zeros(centre.shape, dtype=xp.bool, device=dev))
