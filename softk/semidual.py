@@ -71,8 +71,9 @@ def semidual_newton(
     1e-12 in float64; raised to ``4 ulp max|C| / epsilon``, the rounding floor
     of ``(g_j - C_ij) / epsilon``), or after ``max_iter`` Newton steps
     (``converged`` is then False); ``error`` is that relative error, worst over
-    the batch. ``eps_start`` should be of the order of the cost's range;
-    stages below ``epsilon`` are skipped. ``init`` (..., m): start from these
+    the batch. ``eps_start`` (a float, or an array of shape
+    ``cost.shape[:-2]``) should be of the order of the cost's range; stages
+    below ``epsilon`` are skipped. ``init`` (..., m): start from these
     target potentials directly at ``epsilon`` (no continuation), e.g. the
     unregularised potentials (:func:`softk.sorting.hard_potentials`).
 
@@ -242,7 +243,9 @@ def _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, i
         return it + 1, g, xp.where(stay, eps_cur, next_eps), xp.where(stay, err, xp.full_like(err, float("inf"))), current
 
     batch = cost.shape[:-2]
-    eps0 = xp.full(batch, epsilon if carry else max(epsilon, eps_start), dtype=dtype, device=dev)
+    eps0 = xp.full(batch, epsilon, dtype=dtype, device=dev)
+    if not carry:
+        eps0 = xp.maximum(eps0, xp.astype(xp.broadcast_to(xp.asarray(eps_start, device=dev), batch), dtype))
     if carry:
         g0 = xp.astype(xp.broadcast_to(init, log_b.shape), dtype)
         current = evaluate(g0, eps0)
