@@ -28,7 +28,7 @@ from array_api_compat import device
 
 from ._op import CoreOp
 from .costs import sqeuclidean, sqeuclidean_vjp
-from .blocks import PlanBlocks, apply as online_apply, apply_vjp as online_apply_vjp, value_vjp
+from .blocks import SCHUR_MAX, PlanBlocks, apply as online_apply, apply_vjp as online_apply_vjp, value_vjp
 from .online import solve as online_solve
 from .scaling import solve
 from .semidual import semidual_newton
@@ -36,7 +36,6 @@ from .sinkhorn import plan_vjp
 
 __all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN", "APPLY"]
 
-SCHUR_MAX = 128  # up to this many targets the implicit system is solved directly
 # The *_AT ops' gradient for ``fg``: None, which PyTorch and JAX read as a zero cotangent. A
 # zero-filled array would make autograd run POTENTIALS' backward, whose zero gradient for the
 # cost (n x m) is then added to the real one: two more n x m arrays at the backward's peak.

@@ -110,8 +110,9 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
                 total = xp.sum(a, axis=-1, keepdims=True)
                 curvature = total - xp.linalg.vector_norm(a, axis=-1, keepdims=True) ** 2  # sum a (1 - a)
             else:
-                total = xp.sum(weights * a, axis=-1, keepdims=True)
-                curvature = total - xp.sum(weights * a * a, axis=-1, keepdims=True)
+                weighted = weights * a
+                total = xp.sum(weighted, axis=-1, keepdims=True)
+                curvature = total - xp.sum(weighted * a, axis=-1, keepdims=True)
             excess = total - k
             above = excess > 0
             lo = xp.where(above, tau, lo)

@@ -29,7 +29,7 @@ def test_matches_float64_reference(backend, rng, dtype, largest):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("k", [1, 12])
 def test_long_rows_match_float64_reference(backend, rng, dtype, k):
-    """Rows long enough (n >= 4 (k + 17)) that Newton starts from the root on the best k + 17 entries."""
+    """Rows long enough (n >= 4 (k + 17)) that Newton starts from the root on the best k + 17 entries and a strided sample."""
     if backend.name == "jax" and k == 1:
         pytest.skip("JAX: each configuration costs a compilation; k = 12 covers it")
     x = rng.normal(size=(3, 3000))
