@@ -1,0 +1,124 @@
+"""OT transfer loss + gradient against one forward + backward of a linear layer (issue 12 target).
+
+Target: ``softk.transfer.ot_transfer_loss`` value and gradient for student and
+teacher activations of batch 256 x 512 neurons, PyTorch CPU float32, one
+thread, within 3x the time of one forward + backward of a 512 -> 512
+``torch.nn.Linear`` on the same batch (256 x 512 input; ``.sum().backward()``,
+input and weights require gradients).
+
+Two inputs (seed 0):
+
+* ``gaussian``: independent N(0, 1) activations (every neuron about equally far
+  from every other: a flat, easy problem);
+* ``structured``: teacher ``relu(Z W)`` with ``Z`` 256 x 32 and ``W`` 32 x 512
+  Gaussian (512 correlated neurons of rank 32), student the teacher with
+  its neurons permuted plus N(0, 0.5^2) noise (a peaked plan).
+
+Both layers require gradients. The two timings alternate (``--repeats``
+pairs, after two warm-up calls) so that load from other processes hits both
+alike; reported are the median times and the median of the per-pair ratios.
+
+    OMP_NUM_THREADS=1 python asv_bench/compare_transfer.py
+    OMP_NUM_THREADS=1 python asv_bench/compare_transfer.py --output asv_bench/TRANSFER_RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import warnings
+
+import array_api_compat.torch as tx
+import torch
+
+import softk
+from softk.transfer import _normalise, ot_transfer_loss
+
+
+CLOCK = time.process_time
+
+
+def inputs(kind: str, batch: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    if kind == "gaussian":
+        return torch.randn(batch, width, generator=gen), torch.randn(batch, width, generator=gen)
+    z = torch.randn(batch, 32, generator=gen)
+    teacher = torch.relu(z @ torch.randn(32, width, generator=gen))
+    perm = torch.randperm(width, generator=gen)
+    return teacher[:, perm] + 0.5 * torch.randn(batch, width, generator=gen), teacher
+
+
+def linear_step(layer: torch.nn.Linear, x: torch.Tensor) -> None:
+    layer(x.detach().requires_grad_(True)).sum().backward()
+
+
+def transfer_step(student: torch.Tensor, teacher: torch.Tensor, **kwargs) -> None:
+    s, t = student.detach().requires_grad_(True), teacher.detach().requires_grad_(True)
+    ot_transfer_loss(s, t, **kwargs).backward()
+
+
+def timed(fn, *args, **kwargs) -> float:
+    t0 = CLOCK()
+    fn(*args, **kwargs)
+    return CLOCK() - t0
+
+
+def compare(kind: str, epsilon: float, args) -> dict:
+    student, teacher = inputs(kind, args.batch, args.width)
+    layer = torch.nn.Linear(args.width, args.width)
+    kwargs = dict(epsilon=epsilon, normalize=args.normalize, tol=args.tol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", softk.NotConvergedWarning)
+        for _ in range(2):
+            linear_step(layer, student)
+            transfer_step(student, teacher, **kwargs)
+        pairs = [(timed(linear_step, layer, student), timed(transfer_step, student, teacher, **kwargs)) for _ in range(args.repeats)]
+    s, t = (_normalise(tx, x, args.normalize)[0] for x in (student, teacher))
+    cost = tx.clip(tx.sum(s * s, axis=0)[:, None] + tx.sum(t * t, axis=0)[None, :] - 2.0 * (s.T @ t), min=0.0)
+    n_iter = int(softk.sinkhorn(cost, epsilon=epsilon, tol=args.tol, scaling=False).n_iter)
+    base = statistics.median(p[0] for p in pairs)
+    ot = statistics.median(p[1] for p in pairs)
+    return dict(base=base, ot=ot, ratio=statistics.median(p[1] / p[0] for p in pairs), n_iter=n_iter)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.05, 0.01])
+    parser.add_argument("--normalize", default="standardize")
+    parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time (default: robust to other load) or wall time")
+    args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    torch.set_num_threads(args.threads)
+    load = "load average %.1f %.1f %.1f on %d cores" % (*os.getloadavg(), os.cpu_count())
+    lines = [
+        f"# OT transfer loss vs a linear layer ({time.strftime('%Y-%m-%d %H:%M')}, {load})",
+        "",
+        f"PyTorch {torch.__version__} CPU, float32, {args.threads} thread(s); batch {args.batch}, "
+        f"{args.width} student and {args.width} teacher neurons; normalize={args.normalize!r}, tol={args.tol:g}, "
+        f"scaling off (the default); median of {args.repeats} alternating pairs.",
+        "",
+        "| input | epsilon | Sinkhorn iterations | linear fwd+bwd ms | OT loss + grad ms | ratio (target < 3) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in ("gaussian", "structured"):
+        for eps in args.eps:
+            r = compare(kind, eps, args)
+            lines.append(f"| {kind} | {eps:g} | {r['n_iter']} | {r['base'] * 1e3:.2f} | {r['ot'] * 1e3:.2f} | {r['ratio']:.2f} |")
+            print(lines[-1], flush=True)
+    lines += ["", "Finished with load average %.1f %.1f %.1f." % os.getloadavg()]
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
