@@ -10,7 +10,7 @@ One array-API core (``softk``) defines each operator as a forward and a VJP;
 
 from ._op import vjp
 from ._warnings import NotConvergedWarning
-from .beam_search import beam_search
+from .beam import beam_search
 from .ot import SinkhornOutput, sinkhorn, sinkhorn_apply, sinkhorn_cost, sinkhorn_divergence, sinkhorn_plan
 from .sorting import soft_quantile, soft_rank, soft_sort
 from .sorting_topk import soft_topk_sorted

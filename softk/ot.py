@@ -7,7 +7,7 @@ Problem (methods.md section 1), per leading batch index::
 
 ``C`` is a cost matrix, or ``||x_i - y_j||^2`` between point clouds. Weights
 default to uniform and are renormalised (``a / sum(a)``); they must be
-positive. One solve (:mod:`softk.scaling`: epsilon scaling and
+positive. One solve (:mod:`softk._ot.kernel`: epsilon scaling and
 absorption-stabilised kernel iterations) gives ``f, g``; the value, the plan
 and ``P v`` are then differentiable with the framework's own autograd
 (``softk.vjp`` on NumPy/CuPy), never by unrolling iterations:
@@ -20,7 +20,7 @@ and ``P v`` are then differentiable with the framework's own autograd
   targets, conjugate gradients with O(n m) matvecs for many).
 
 ``P v`` (``apply``) never forms ``P``: row blocks of the plan are formed from
-the potentials one at a time (:mod:`softk.online`); online (large point
+the potentials one at a time (:mod:`softk._ot.online`); online (large point
 clouds) its VJP is blockwise too (the implicit VJP for the rank-k plan
 cotangent ``G v^T`` needs only products with ``P`` and ``P^T``).
 
@@ -36,7 +36,7 @@ from array_api_compat import array_namespace
 
 from ._dispatch import values_known
 from ._op import differentiable
-from ._ot_ops import APPLY, APPLY_AT, COST, PLAN, PLAN_AT, POTENTIALS, VALUE_AT, split
+from ._ot.ops import APPLY, APPLY_AT, COST, PLAN, PLAN_AT, POTENTIALS, VALUE_AT, split
 from ._validate import check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
 
@@ -84,7 +84,7 @@ class SinkhornOutput:
     def apply(self, v: Any) -> Any:
         """``P @ v`` for ``v`` of shape (m,) or (..., m, k); differentiable in ``v`` and the problem.
 
-        ``P`` is never formed: one row block of it at a time (``softk.blocks.BLOCK_ENTRIES``
+        ``P`` is never formed: one row block of it at a time (``softk._ot.blocks.BLOCK_ENTRIES``
         entries), from the cost matrix's rows or, for point clouds, from the points.
         The VJP is ``P^T cot`` for ``v`` and the plan's implicit VJP contracted
         with ``cot v^T`` for the problem: blockwise with memory O((n + m) k) when
@@ -140,13 +140,13 @@ def sinkhorn(
         Epsilon scaling (halving from the cost range down to ``epsilon``).
     online : bool, optional
         Point clouds only: never form the cost matrix; cost blocks are computed
-        on the fly (:mod:`softk.online`), memory O(n + m). Default: when
+        on the fly (:mod:`softk._ot.online`), memory O(n + m). Default: when
         ``n * m`` exceeds ``ONLINE_ENTRIES`` (2^27). ``cost``, ``apply`` and
         their gradients then stay O(n + m) (O((n + m) k) for ``apply``);
         ``plan`` forms ``P``.
     method : {"sinkhorn", "newton"}
         ``"newton"``: Newton's method on the semi-dual in the ``m`` target
-        potentials (:mod:`softk.semidual`), for few targets (each step costs
+        potentials (:mod:`softk._ot.newton`), for few targets (each step costs
         O(n m^2 + m^3)) or tiny ``epsilon``. It reaches tight marginals in a few dozen
         steps where Sinkhorn needs thousands, at any ``epsilon``. Rows are then
         exact, and ``tol`` and ``error`` refer to the relative column error

@@ -15,7 +15,7 @@ From the entropic plan ``P``:
 
 Both solvers start from the unregularised potentials, which one sort gives in
 1-D (:func:`hard_potentials`). Few targets (``M <= 32``) are solved by Newton on
-the semi-dual (:mod:`softk.semidual`), more by Sinkhorn (:func:`softk.scaling.solve_plan`:
+the semi-dual (:mod:`softk._ot.newton`), more by Sinkhorn (:func:`softk._ot.kernel.solve_plan`:
 kernel-mode matrix-vector products with absorption and adaptive over-relaxation;
 log-domain under ``jax.jit``). Either way the gradient is the implicit VJP of
 the plan, chained through the squashing without forming an n x M array
@@ -36,9 +36,9 @@ from ._layout import from_rows, to_rows
 from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
-from .scaling import solve_plan as sinkhorn_plan
-from .semidual import semidual_newton_plan
-from .sinkhorn import schur_solve
+from ._ot.implicit import schur_solve
+from ._ot.kernel import solve_plan as sinkhorn_plan
+from ._ot.newton import semidual_newton_plan
 
 __all__ = ["soft_sort", "soft_rank", "soft_quantile", "transport_plan", "solver_params", "hard_potentials", "outer_plan_vjp"]
 
@@ -70,7 +70,7 @@ def transport_plan(
 
     ``init = (f, g)``: warm start (e.g. :func:`hard_potentials`; Newton uses
     ``g`` only, ``f`` may be ``None``), which replaces epsilon continuation.
-    Sinkhorn is :func:`softk.scaling.solve_plan` (kernel-mode, absorption-stabilised,
+    Sinkhorn is :func:`softk._ot.kernel.solve_plan` (kernel-mode, absorption-stabilised,
     over-relaxed; log-domain under ``jax.jit``).
     """
     if method == "newton":
@@ -193,11 +193,11 @@ def _forward(xp, x, *, kind, m, quantiles, width, descending, scalar, epsilon, a
 def outer_plan_vjp(xp: Any, plan: Any, c: Any, d: Any, s: Any, y: Any, epsilon: float, *, method: str, cg_tol: float) -> Any:
     """Gradient w.r.t. ``s`` of ``<c d^T, P>``, ``P`` the entropic plan for ``C_ij = (s_i - y_j)^2``.
 
-    The implicit VJP of :func:`softk.sinkhorn.plan_vjp` for a rank-one
+    The implicit VJP of :func:`softk._ot.implicit.plan_vjp` for a rank-one
     cotangent ``V = c d^T`` (the cotangent of every output of this module),
     chained through the cost without forming any n x m array: with
     ``alpha = c * (P d)``, ``beta = d * (P^T c)``, ``w`` the solution of the
-    Schur system (:func:`softk.sinkhorn.schur_solve`) and ``u = (alpha - P w) / a``,
+    Schur system (:func:`softk._ot.implicit.schur_solve`) and ``u = (alpha - P w) / a``,
     ``dL/dC = P * (u_i + w_j - c_i d_j) / eps``; its rows sum to zero, so
     ``dL/ds_i = -(2 / eps) (u_i (P y)_i + (P (w y))_i - c_i (P (d y))_i)``.
     Matrix products with a few vectors at a time: O(n m) per CG step,

@@ -8,7 +8,7 @@ Scores ``y_i`` (``y = -x`` for the largest, ``y = x`` for the smallest; weights
 score). The output ``A = n P[:, :k]`` has ``A[i, r] ~ [x_i has rank r + 1]``:
 columns sum to 1, rows to at most 1, and ``A`` tends to the one-hot ranks as
 ``epsilon -> 0``. Solved by semi-dual Newton (few targets) or Sinkhorn; the
-gradient is the implicit VJP of the plan (:func:`softk.sinkhorn.plan_vjp`).
+gradient is the implicit VJP of the plan (:func:`softk._ot.implicit.plan_vjp`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
 from ._xp import add_at_rows
-from .semidual import semidual_newton_plan_t
-from .sinkhorn import plan_vjp
+from ._ot.implicit import plan_vjp
+from ._ot.newton import semidual_newton_plan_t
 from .sorting import hard_potentials, solver_params, transport_plan
 
 __all__ = ["soft_topk_sorted"]

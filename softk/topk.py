@@ -10,7 +10,7 @@ goes to the extreme score), so gradients are exact derivatives.
 Two solvers give the same plan:
 
 * ``method="exact"``: ``A_i = sigmoid((s_i - t) / eps)``, ``s_i = C_i1 - C_i0 =
-  (1 - 2 x_i) / M``, with the threshold ``t`` from :mod:`softk.threshold`; its
+  (1 - 2 x_i) / M``, with the threshold ``t`` from :mod:`softk._threshold`; its
   VJP is closed-form and O(n): with ``d = A (1 - A)``,
   ``grad_s = d * (v - (d . v) / sum(d)) / eps``.
 * ``method="sinkhorn"``: the generic log-domain Sinkhorn core; its VJP is the
@@ -32,8 +32,10 @@ from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
 from ._xp import add_at_rows, into
-from .sinkhorn import plan_from_potentials, plan_vjp, sinkhorn_log
-from .threshold import soft_select
+from ._ot.dense import sinkhorn_log
+from ._ot.implicit import plan_vjp
+from ._ot.plan import plan_from_potentials
+from ._threshold import soft_select
 
 __all__ = ["soft_topk"]
 

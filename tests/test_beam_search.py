@@ -255,7 +255,7 @@ def test_step_returning_a_wrong_state_raises():
 
 
 def test_docstring_example():
-    module = importlib.import_module("softk.beam_search")
+    module = importlib.import_module("softk.beam")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
 

@@ -9,8 +9,10 @@ import pytest
 
 from reference import sinkhorn_reference
 from softk._xp import add_at_rows, into, logsumexp, top_values
-from softk.sinkhorn import plan_from_potentials, plan_vjp, sinkhorn_log
-from softk.threshold import soft_select
+from softk._ot.dense import sinkhorn_log
+from softk._ot.implicit import plan_vjp
+from softk._ot.plan import plan_from_potentials
+from softk._threshold import soft_select
 
 
 def _problem(rng, n=12, m=4):

@@ -12,8 +12,9 @@ import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 MODULES = [
-    "softk", "softk._op", "softk._xp", "softk.sinkhorn", "softk.threshold", "softk.topk", "softk.semidual", "softk.sorting",
-    "softk.sorting_topk", "softk.ot", "softk.scaling", "softk.online", "softk.blocks", "softk.costs",
+    "softk", "softk._op", "softk._xp", "softk._threshold", "softk.topk", "softk._ot.newton", "softk.sorting",
+    "softk.sorting_topk", "softk.ot", "softk._ot.kernel", "softk._ot.online", "softk._ot.blocks", "softk._ot.costs",
+    "softk._ot.dense", "softk._ot.plan", "softk._ot.schedule",
 ]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 

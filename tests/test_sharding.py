@@ -29,7 +29,7 @@ JAX_SCRIPT = textwrap.dedent(
     import json, re
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
-    import softk, softk.blocks
+    import softk, softk._ot.blocks
     from softk.backends.jax_sharding import device_mesh, replicate, shard_batch, shard_points
 
     assert jax.device_count() == 4, jax.devices()
@@ -85,9 +85,9 @@ JAX_SCRIPT = textwrap.dedent(
     xs, ys, as_ = shard_points(x, mesh), replicate(y, mesh), shard_points(a, mesh, axis=-1)
     compare("points-dense", x, y, a, xs, ys, as_, weights=True)
     compare("points-online", x, y, a, xs, ys, as_, online=True, weights=True)
-    block_entries, softk.blocks.BLOCK_ENTRIES = softk.blocks.BLOCK_ENTRIES, 16 * 48  # several row blocks
+    block_entries, softk._ot.blocks.BLOCK_ENTRIES = softk._ot.blocks.BLOCK_ENTRIES, 16 * 48  # several row blocks
     compare("points-online-blocks", x, y, a, xs, ys, as_, online=True)
-    softk.blocks.BLOCK_ENTRIES = block_entries
+    softk._ot.blocks.BLOCK_ENTRIES = block_entries
     # Explicit mesh axes (jax.make_mesh's default): the glue runs each op under auto_axes
     explicit = device_mesh(explicit=True)
     compare("points-explicit", x, y, a, shard_points(x, explicit), replicate(y, explicit),

@@ -14,12 +14,14 @@ import pytest
 from array_api_compat import array_namespace, device
 
 import softk
-import softk.costs
-import softk.blocks
+import softk._ot.costs
+import softk._ot.blocks
 import softk.ot
-import softk.scaling
+import softk._ot.kernel
 from softk import ot as sot
-from softk.sinkhorn import plan_from_potentials, plan_vjp, sinkhorn_log
+from softk._ot.dense import sinkhorn_log
+from softk._ot.implicit import plan_vjp
+from softk._ot.plan import plan_from_potentials
 from reference import sinkhorn_reference
 
 ARRAYS = ("cost", "x", "y", "a", "b")
@@ -140,7 +142,7 @@ def test_fast_solver_agrees_with_log_domain(rng):
     lb = np.log(data["b"] / data["b"].sum())
     for eps in (1.0, 0.1, 0.01):
         slow = sinkhorn_log(xp, data["cost"], la, lb, eps, tol=1e-13, max_iter=10**6)
-        fast = softk.scaling.solve(xp, data["cost"], la, lb, eps, tol=1e-13, max_iter=10**6)
+        fast = softk._ot.kernel.solve(xp, data["cost"], la, lb, eps, tol=1e-13, max_iter=10**6)
         p_slow = plan_from_potentials(xp, data["cost"], la, lb, slow.f, slow.g, eps)
         p_fast = plan_from_potentials(xp, data["cost"], la, lb, fast.f, fast.g, eps)
         np.testing.assert_allclose(p_fast, p_slow, atol=1e-12)
@@ -211,8 +213,8 @@ def small_blocks(monkeypatch, request):
     the test checks that the blockwise code traces, on one block."""
     if "backend" in request.fixturenames and request.getfixturevalue("backend").name == "jax":
         return
-    monkeypatch.setattr(softk.blocks, "BLOCK_ENTRIES", 12)
-    monkeypatch.setattr(softk.blocks, "SCHUR_MAX", 2)
+    monkeypatch.setattr(softk._ot.blocks, "BLOCK_ENTRIES", 12)
+    monkeypatch.setattr(softk._ot.blocks, "SCHUR_MAX", 2)
 
 
 @pytest.mark.parametrize("geometry", ["cost", "clouds", "online"])
@@ -280,7 +282,7 @@ def test_apply_gradients_match_central_differences(backend, rng, geometry, small
 
 def test_online_apply_gradient_matches_dense(rng, monkeypatch):
     """Beyond SCHUR_MAX targets (conjugate gradients), weighted, several blocks."""
-    monkeypatch.setattr(softk.blocks, "BLOCK_ENTRIES", 2000)
+    monkeypatch.setattr(softk._ot.blocks, "BLOCK_ENTRIES", 2000)
     data = problem(rng, 60, 150, d=3)
     del data["cost"]
     v, cot = rng.normal(size=(150, 2)), rng.normal(size=(60, 2))
@@ -468,9 +470,9 @@ def test_mixed_frameworks_and_devices(rng):
 
 
 def test_online_matches_dense(backend, rng, monkeypatch):
-    import softk.blocks
+    import softk._ot.blocks
 
-    monkeypatch.setattr(softk.blocks, "BLOCK_ENTRIES", 200)  # three blocks even for this small problem
+    monkeypatch.setattr(softk._ot.blocks, "BLOCK_ENTRIES", 200)  # three blocks even for this small problem
     data = problem(rng, 30, 20, d=3)
     del data["cost"]
     arrays = {k: backend.asarray(v, "float64") for k, v in data.items()}
@@ -482,9 +484,9 @@ def test_online_matches_dense(backend, rng, monkeypatch):
 
 
 def test_online_value_gradient_matches_dense(rng, monkeypatch):
-    import softk.blocks
+    import softk._ot.blocks
 
-    monkeypatch.setattr(softk.blocks, "BLOCK_ENTRIES", 200)
+    monkeypatch.setattr(softk._ot.blocks, "BLOCK_ENTRIES", 200)
     data = problem(rng, 30, 20, d=3)
     del data["cost"]
     grads = []
@@ -496,7 +498,7 @@ def test_online_value_gradient_matches_dense(rng, monkeypatch):
 
 
 def test_online_batched_value_gradient_broadcast_x(rng, monkeypatch):
-    monkeypatch.setattr(softk.blocks, "BLOCK_ENTRIES", 40)
+    monkeypatch.setattr(softk._ot.blocks, "BLOCK_ENTRIES", 40)
     x, y = rng.random((9, 2)), rng.random((2, 7, 2))
     grads = [softk.vjp(sot.sinkhorn_cost, x=x, y=y, epsilon=0.1, tol=1e-12, online=o)[1](np.ones(2)) for o in (False, True)]
     assert grads[1][0].shape == x.shape
@@ -511,7 +513,7 @@ def test_online_needs_point_clouds(rng):
 
 def test_online_matches_dense_moderate_size(rng, monkeypatch):
     """A few hundred points, several blocks, small epsilon: potentials, value, plan and gradients."""
-    monkeypatch.setattr(softk.blocks, "BLOCK_ENTRIES", 5000)
+    monkeypatch.setattr(softk._ot.blocks, "BLOCK_ENTRIES", 5000)
     x, y = rng.random((300, 3)), rng.random((200, 3))
     a = rng.uniform(0.5, 1.5, 300)
     kw = dict(x=x, y=y, a=a, epsilon=0.01, tol=1e-10)
@@ -548,7 +550,7 @@ def test_online_never_forms_the_plan(rng, monkeypatch):
     one n x m array (the dense run, measured the same way, exceeds it: the check can fail)."""
     import tracemalloc
 
-    monkeypatch.setattr(softk.blocks, "BLOCK_ENTRIES", 2**13)
+    monkeypatch.setattr(softk._ot.blocks, "BLOCK_ENTRIES", 2**13)
     n, m = 800, 600
     x, y, v = rng.random((n, 2)), rng.random((m, 2)), rng.normal(size=(m, 2))
     full = n * m * 8

@@ -19,7 +19,7 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 from ott.tools import soft_sort as ott_sort  # noqa: E402
 
-from softk.semidual import semidual_newton, semidual_plan  # noqa: E402
+from softk._ot.newton import semidual_newton, semidual_plan  # noqa: E402
 from softk.sorting import soft_quantile, soft_rank, soft_sort  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)

@@ -10,7 +10,7 @@ the optimal potentials move with the problem:
 * value ``W = <f, a> + <g, b>`` (the regularised OT cost at the optimum):
   envelope theorem, ``dW/dC = P``, ``dW/da = f``, ``dW/db = g``;
 * plan ``P`` and ``P v``: implicit differentiation of the marginal
-  constraints (:func:`softk.sinkhorn.plan_vjp`), Schur complement for at most
+  constraints (:func:`softk._ot.implicit.plan_vjp`), Schur complement for at most
   ``SCHUR_MAX`` targets, conjugate gradients beyond.
 
 Weights are renormalised inside the op (``a / sum(a)``) and differentiated
@@ -26,13 +26,14 @@ from typing import Any
 
 from array_api_compat import device
 
-from ._op import CoreOp
+from .._op import CoreOp
+from .blocks import PlanBlocks, apply as online_apply, apply_vjp as online_apply_vjp, value_vjp
 from .costs import sqeuclidean, sqeuclidean_vjp
-from .blocks import SCHUR_MAX, PlanBlocks, apply as online_apply, apply_vjp as online_apply_vjp, value_vjp
+from .implicit import plan_vjp
+from .kernel import solve
+from .newton import semidual_newton
 from .online import solve as online_solve
-from .scaling import solve
-from .semidual import semidual_newton
-from .sinkhorn import plan_vjp
+from .plan import plan_from_potentials
 
 __all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN", "APPLY"]
 
@@ -121,7 +122,7 @@ def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling
 
 
 def _newton(xp, cost, log_a, log_b, epsilon, *, tol, max_iter, init, scaling, **_):
-    """Potentials by Newton on the semi-dual (:mod:`softk.semidual`): rows exact, ``error`` the
+    """Potentials by Newton on the semi-dual (:mod:`softk._ot.newton`): rows exact, ``error`` the
     worst relative column error; epsilon continuation from the cost's range unless ``scaling``
     is off or ``init`` is given (its ``g`` is the start)."""
     cost = xp.broadcast_to(cost, (*log_a.shape[:-1], *cost.shape[-2:]))
@@ -150,7 +151,7 @@ def _value_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, online, *
         grad_xy = value_vjp(xp, d["x"], d["y"], log_a, log_b, f, g, epsilon, cotangent)
         grads = _grads(xp, d, names, grad_xy, cot * f, cot * g)
     else:
-        plan = _plan(xp, cost, log_a, log_b, f, g, epsilon)
+        plan = plan_from_potentials(xp, cost, log_a, log_b, f, g, epsilon)
         plan *= cotangent[..., None, None]
         grads = _grads(xp, d, names, plan, cot * f, cot * g)
     return (*grads, NO_GRADIENT)
@@ -159,23 +160,13 @@ def _value_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, online, *
 def _plan_at(xp, *arrays, names, epsilon, **_):
     cost, log_a, log_b, _ = problem(xp, arrays[:-1], names)
     f, g = split(arrays[-1], log_a.shape[-1])
-    return _plan(xp, cost, log_a, log_b, f, g, epsilon), ()
-
-
-def _plan(xp, cost, log_a, log_b, f, g, epsilon):
-    """``P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)`` with two n x m arrays at the peak (in place
-    where the library allows; :func:`softk.sinkhorn.plan_from_potentials` makes four or five)."""
-    z = cost / (-epsilon)
-    z += (log_a + f / epsilon)[..., :, None]
-    z += (log_b + g / epsilon)[..., None, :]
-    return xp.exp(z)
+    return plan_from_potentials(xp, cost, log_a, log_b, f, g, epsilon), ()
 
 
 def _implicit(xp, arrays, cot_plan, names, epsilon):
     """Gradients of ``<cot_plan, P>`` (``cot_plan`` broadcastable to the plan)."""
     plan, _ = _plan_at(xp, *arrays, names=names, epsilon=epsilon)
-    method = "schur" if plan.shape[-1] <= SCHUR_MAX else "cg"
-    grad_cost, u, w = plan_vjp(xp, plan, cot_plan, epsilon, method=method, with_weights=True)
+    grad_cost, u, w = plan_vjp(xp, plan, cot_plan, epsilon, with_weights=True)
     _, _, _, d = problem(xp, arrays[:-1], names)
     return (*_grads(xp, d, names, grad_cost, u, w), NO_GRADIENT)
 
@@ -185,7 +176,7 @@ def _plan_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, **_):
 
 
 def _blocks(xp, arrays, names, epsilon):
-    """The plan at the given potentials as :class:`softk.blocks.PlanBlocks` (never formed),
+    """The plan at the given potentials as :class:`softk._ot.blocks.PlanBlocks` (never formed),
     the named inputs and the clouds broadcast to the batch (None for a cost matrix)."""
     _, log_a, log_b, d = problem(xp, arrays[:-1], names, online=True)  # a cost matrix is never copied
     x = y = None
@@ -206,7 +197,7 @@ def _apply_at(xp, *arrays, names, epsilon, **_):
 def _apply_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, online, **_):
     """``P V``: ``dV = P^T cot``; the plan's cotangent is ``cot V^T``.
 
-    Online: blockwise (:func:`softk.blocks.apply_vjp`, O(n + m) memory); otherwise ``P`` is formed
+    Online: blockwise (:func:`softk._ot.blocks.apply_vjp`, O(n + m) memory); otherwise ``P`` is formed
     (the cost matrix, or its gradient, is n x m anyway) and the dense implicit VJP runs on it."""
     v = arrays[-1]
     if online:

@@ -1,6 +1,6 @@
-"""Fast, log-stable Sinkhorn: epsilon scaling and absorption-stabilised kernel iterations.
+"""The kernel strategy: epsilon scaling and absorption-stabilised kernel iterations (eager).
 
-Same problem, same stopping rule and same result as :func:`softk.sinkhorn.sinkhorn_log`
+Same problem, same stopping rule and same result as :func:`softk._ot.dense.sinkhorn_log`
 (methods.md section 1), at matrix-vector-product speed:
 
 * **Absorption.** The potentials ``(f, g)`` are folded into a kernel
@@ -16,7 +16,7 @@ Same problem, same stopping rule and same result as :func:`softk.sinkhorn.sinkho
   kernel rebuilt from the potentials.
 * **Epsilon scaling.** Stages ``eps 2^k``, ``k = K, ..., 1, 0``, starting at
   most at the cost's spread, each warm-started from the previous stage's
-  potentials and run to the loose ``STAGE_TOL``; the last stage runs to
+  potentials and run to the loose ``STAGE_TOL`` (:mod:`softk._ot.schedule`); the last stage runs to
   ``tol``. Halving epsilon at fixed potentials squares the kernel
   (``K <- K^2 / (a b^T)``): no exponential. The last stage rebuilds the
   kernel exactly from the potentials (one exponential), so rounding does not
@@ -40,14 +40,14 @@ from typing import Any
 
 from array_api_compat import device
 
-from ._dispatch import values_known, while_loop
-from ._xp import logsumexp, matvec, matvec_t, normal_exponent
-from .sinkhorn import SinkhornResult, flushed_exp, plan_from_potentials, sinkhorn_block, sinkhorn_log
+from .._dispatch import values_known
+from .._xp import logsumexp, matvec, matvec_t, normal_exponent
+from .dense import SinkhornResult, log_domain, sinkhorn_block, sinkhorn_log
+from .plan import flushed_exp, plan_from_potentials
+from .schedule import OMEGA, STAGE_TOL, epsilon_schedule, relaxation
 
-__all__ = ["solve", "solve_plan", "log_domain"]
+__all__ = ["solve", "solve_plan"]
 
-STAGE_TOL = 1e-2  # row-marginal error that ends an intermediate epsilon stage
-OMEGA = 1.9  # over-relaxation factor (measured best at eps 1e-3 to 1e-4 on [0, 1] costs)
 
 
 def solve(
@@ -73,7 +73,7 @@ def solve(
     Examples
     --------
     >>> import numpy as np
-    >>> from softk.sinkhorn import plan_from_potentials
+    >>> from softk._ot.plan import plan_from_potentials
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> w = np.log(np.array([0.5, 0.5]))
     >>> r = solve(np, C, w, w, 1e-3, tol=1e-12)
@@ -102,7 +102,7 @@ def solve_plan(
     Eagerly the plan is the solver's own kernel scaled in place,
     ``diag(u) K diag(v)`` (no exponential, no extra n x m array: the columns
     are exact to rounding, the rows within the reported error); traced, it is
-    :func:`softk.sinkhorn.plan_from_potentials`.
+    :func:`softk._ot.plan.plan_from_potentials`.
     """
     return _solve(xp, cost, log_a, log_b, epsilon, tol, max_iter, check_every, init, scaling, True)
 
@@ -121,7 +121,7 @@ def _solve(xp, cost, log_a, log_b, epsilon, tol, max_iter, check_every, init, sc
         return result, plan_from_potentials(xp, cost, log_a, log_b, result.f, result.g, epsilon)
     schedule = [epsilon]
     if init is None and scaling:
-        schedule = _schedule(epsilon, float(xp.max(cost) - xp.min(cost)))
+        schedule = epsilon_schedule(epsilon, float(xp.max(cost) - xp.min(cost)))
     state = _Kernel(xp, cost, log_a, log_b, check_every, 0.25 * normal_exponent(xp, dtype))
     state.rebuild(schedule[0], f, g)
     err = math.inf
@@ -158,47 +158,6 @@ def _traced(xp, cost, log_a, log_b, epsilon, tol, max_iter, check_every, f, g, s
 
     spread = xp.max(cost) - xp.min(cost) if scaling else None
     return log_domain(xp, block, g_update, f, g, spread, epsilon, tol=tol, max_iter=max_iter, check_every=check_every)
-
-
-def log_domain(xp, block, g_update, f, g, spread, epsilon, *, tol, max_iter, check_every) -> SinkhornResult:
-    """One loop (``while_loop``: compiled under JAX) of log-domain blocks with epsilon scaling.
-
-    ``block(f, g, eps, steps) -> (f, g, error)`` runs ``steps`` iterations;
-    ``g_update(f, eps)`` is one g-update. Epsilon starts at ``spread`` (a 0-d
-    array; ``None``: no scaling) and halves whenever a stage reaches
-    ``STAGE_TOL``; ``error`` counts only at ``epsilon``. The loop runs whole
-    blocks, so ``n_iter`` never passes ``max_iter``.
-    """
-    dev, dtype = device(f), f.dtype
-    eps0 = xp.asarray(epsilon, dtype=dtype, device=dev)
-    eps0 = eps0 if spread is None else xp.maximum(spread, eps0)
-    stage_tol = max(tol, STAGE_TOL)
-    steps = min(check_every, max_iter)
-
-    def cond(state: tuple) -> Any:
-        it, eps, _, _, err = state
-        return xp.logical_and(it + steps <= max_iter, xp.logical_or(eps > epsilon, err > tol))
-
-    def body(state: tuple) -> tuple:
-        it, eps, f, g, _ = state
-        f, g, err = block(f, g, eps, steps)
-        # a loose stage ends at STAGE_TOL; the next one starts at half the epsilon (at most 2 x epsilon above it)
-        done = xp.logical_and(eps > epsilon, err <= stage_tol)
-        halved = xp.where(eps > 2.0 * epsilon, 0.5 * eps, xp.full_like(eps, epsilon))
-        err = xp.where(eps > epsilon, xp.full_like(err, math.inf), err)  # not yet at epsilon
-        return it + steps, xp.where(done, halved, eps), f, g, err
-
-    inf = xp.asarray(math.inf, dtype=dtype, device=dev)
-    it, eps, f, g, err = while_loop(xp, cond, body, (xp.asarray(0, device=dev), eps0, f, g, inf))
-    # stopped in an earlier stage: one g-update at epsilon makes the columns exact (and the plan finite)
-    g = xp.where(eps > epsilon, g_update(f, epsilon), g)
-    return SinkhornResult(f, g, err, it, err <= tol)
-
-
-def _schedule(epsilon: float, spread: float) -> list[float]:
-    """``epsilon 2^k`` for ``k = K, ..., 1, 0``, the first at most the cost's spread."""
-    stages = int(math.log2(spread / epsilon)) if spread > epsilon else 0
-    return [epsilon * 2.0**k for k in range(min(stages, 200), -1, -1)]
 
 
 class _Kernel:
@@ -283,27 +242,5 @@ class _Kernel:
             if big > self.threshold:
                 self.absorb()
                 s = matvec(xp, kern, self.v)
-            omega, cap = _relaxation(omega, cap, previous, err, steps)
+            omega, cap = relaxation(omega, cap, previous, err, steps)
         return err
-
-
-def _relaxation(omega: float, cap: float, previous: float, err: float, steps: int) -> tuple[float, float]:
-    """Over-relaxation factor for the next block, and its cap.
-
-    The optimal factor is ``2 / (1 + sqrt(1 - eta))``, ``eta`` the convergence
-    rate of plain Sinkhorn (Thibault et al. 2017; Lehmann et al. 2021). ``eta``
-    is estimated from the rate ``rho`` per iteration observed over the last
-    block at factor ``w`` by Young's SOR relation ``(rho + w - 1)^2 = eta rho w^2``
-    (exact for ``w`` below the optimum; the estimate grows as the fast modes
-    die out). The factor never decreases unless the error grows; then it is
-    halved towards 1 and capped there.
-    """
-    if not math.isfinite(previous) or previous <= 0.0:
-        return omega, cap
-    if err > previous:
-        omega = 1.0 + 0.5 * (omega - 1.0)
-        return omega, omega
-    rho = (err / previous) ** (1.0 / steps)
-    eta = min(1.0, (rho + omega - 1.0) ** 2 / (rho * omega * omega))
-    best = 2.0 / (1.0 + math.sqrt(1.0 - eta))
-    return min(cap, max(omega, best)), cap

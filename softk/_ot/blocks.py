@@ -19,7 +19,7 @@ cotangent ``G V^T`` (methods.md section 1) with matvecs only: one pass for the
 right-hand side, the Schur complement accumulated blockwise (at most
 ``SCHUR_MAX`` targets) or conjugate gradients with one pass per step, and one
 last pass for the gradients. :func:`value_vjp` is the gradient of the
-regularised cost for point clouds. The online solver is :mod:`softk.online`.
+regularised cost for point clouds. The online solver is :mod:`softk._ot.online`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Any
 
 from array_api_compat import device
 
-from ._xp import matvec, matvec_t, normal_exponent
-from .sinkhorn import diagonal_cg, gauged_solve
+from .._xp import matvec, matvec_t
+from .implicit import SCHUR_MAX, diagonal_cg, gauged_solve
+from .plan import clipped_exp
 
-__all__ = ["PlanBlocks", "apply", "apply_vjp", "value_vjp", "plan_products", "clipped_exp", "centred", "rows_per_block", "accumulate", "concat_parts", "BLOCK_ENTRIES", "SCHUR_MAX"]
+__all__ = ["PlanBlocks", "apply", "apply_vjp", "value_vjp", "plan_products", "centred", "rows_per_block", "accumulate", "concat_parts", "BLOCK_ENTRIES", "SCHUR_MAX"]
 
 BLOCK_ENTRIES = 2**19  # plan entries per block (4 MB in float64: cache-sized)
-SCHUR_MAX = 128  # up to this many targets the implicit system is solved directly
 
 
 def rows_per_block(m: int) -> int:
@@ -94,16 +94,6 @@ class PlanBlocks:
         return clipped_exp(self.xp, self.log_block(start, stop))
 
 
-def clipped_exp(xp: Any, z: Any) -> Any:
-    """``exp(z)`` with ``z`` clipped below at ``-(normal exponent - 8)`` (-79 in float32, -700 in float64).
-
-    Underflowing exponentials are 10-20x slower than normal ones in PyTorch (and
-    NumPy float64); in a plan at small epsilon most entries underflow. The clipped
-    entries (< 4e-35 in float32) change a sum of ``m`` of them by less than
-    ``m`` times that: far below the dtype's resolution of any row or column sum."""
-    return xp.exp(xp.clip(z, min=8.0 - normal_exponent(xp, z.dtype)))
-
-
 def accumulate(total: Any, part: Any) -> Any:
     """``total + part``, where ``total`` None starts the sum."""
     return part if total is None else total + part
@@ -161,7 +151,7 @@ def apply_vjp(xp: Any, plan: PlanBlocks, v: Any, cot: Any, *, x: Any = None, y: 
     Returns ``(grad_geometry, grad_log_a, grad_log_b, grad_v)``: ``grad_geometry``
     is ``(dx, dy)`` for clouds (``x, y`` given) or ``dC`` (formed, n x m, block
     by block) for a cost matrix; the weight gradients are w.r.t. the
-    normalised weights, as :func:`softk.sinkhorn.plan_vjp` returns them.
+    normalised weights, as :func:`softk._ot.implicit.plan_vjp` returns them.
 
     The plan's cotangent is ``G = cot V^T``. Pass 1: ``a = P 1``, ``b = P^T 1``,
     ``alpha = (G * P) 1 = sum_k cot * (P V)``, ``beta = (G * P)^T 1 = sum_k V * (P^T cot)``,

@@ -1,125 +1,32 @@
-"""Log-domain, batched Sinkhorn for a general cost, and the implicit VJP of its plan.
+"""Implicit differentiation of the entropic plan: the Schur system and its two solvers.
 
-Problem (methods.md section 1), for each leading batch index::
-
-    min_P <P, C> + eps * sum_ij P_ij (log P_ij - log a_i b_j),  P 1 = a, P^T 1 = b,
-
-solved by alternating ``f_i = -eps LSE_j(log b_j + (g_j - C_ij) / eps)`` and
-``g_j = -eps LSE_i(log a_i + (f_i - C_ij) / eps)``; the plan is
-``P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)``. After each g-update the column
-marginals are exact; every ``check_every`` iterations the row-marginal error
-``||P 1 - a||_1`` is measured, and the loop stops when it is ``<= tol`` for
-every batch entry or after ``max_iter`` iterations (``converged`` says which).
+The marginal constraints ``P 1 = a``, ``P^T 1 = b`` define the potentials, so
+their derivatives solve a linear system with matrix
+``H = [[diag(a), P], [P^T, diag(b)]]`` (singular along ``(1, -1)``). Every
+gradient of the engine that is not an envelope gradient goes through it:
+eliminating the source block leaves the Schur complement
+``K = diag(b) - P^T diag(1/a) P``, solved directly (gauge ``w_m = 0``) for at
+most ``SCHUR_MAX`` targets and by conjugate gradients (two O(n m) products a
+step) beyond. The maths is in ``docs/maths.md`` (entropic OT, gradients).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from array_api_compat import device
 
-from ._dispatch import while_loop
-from ._xp import logsumexp, matvec, matvec_t, normal_exponent
+from .._dispatch import while_loop
+from .._xp import matvec, matvec_t
 
-__all__ = ["SinkhornResult", "sinkhorn_log", "sinkhorn_block", "plan_from_potentials", "plan_vjp", "schur_solve", "flushed_exp"]
+__all__ = ["SCHUR_MAX", "schur_method", "plan_vjp", "potentials_vjp", "schur_solve", "gauged_solve", "diagonal_cg"]
 
-
-@dataclass(frozen=True)
-class SinkhornResult:
-    """Potentials ``f`` (..., n), ``g`` (..., m); ``error`` is the worst row-marginal
-    L1 error over the batch, ``n_iter`` the iterations run (0-d arrays)."""
-
-    f: Any
-    g: Any
-    error: Any
-    n_iter: Any
-    converged: Any
+SCHUR_MAX = 128  # up to this many targets the Schur system is solved directly, conjugate gradients beyond
 
 
-def sinkhorn_log(
-    xp: Any,
-    cost: Any,
-    log_a: Any,
-    log_b: Any,
-    epsilon: float,
-    *,
-    tol: float = 1e-6,
-    max_iter: int = 10_000,
-    check_every: int = 10,
-    init: tuple[Any, Any] | None = None,
-) -> SinkhornResult:
-    """Log-domain Sinkhorn iterations on ``cost`` of shape ``(..., n, m)``.
-
-    ``log_a`` (..., n) and ``log_b`` (..., m) are log weights (each summing to one);
-    ``init = (f, g)`` warm-starts from given potentials (default zeros). ``epsilon``
-    may also be a 0-d array (the epsilon-scaling stages of :mod:`softk.scaling`).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
-    >>> w = np.log(np.array([0.5, 0.5]))
-    >>> r = sinkhorn_log(np, C, w, w, 0.1, tol=1e-12)
-    >>> P = plan_from_potentials(np, C, w, w, r.f, r.g, 0.1)
-    >>> np.round(P, 4).tolist(), bool(r.converged)
-    ([[0.5, 0.0], [0.0, 0.5]], True)
-    """
-    a = xp.exp(log_a)
-
-    def body(state: tuple) -> tuple:
-        it, f, g, _ = state
-        f, g, err = sinkhorn_block(xp, cost, log_a, log_b, a, f, g, epsilon, check_every)
-        return it + check_every, f, g, err
-
-    def cond(state: tuple) -> Any:
-        it, _, _, err = state
-        return xp.logical_and(it < max_iter, err > tol)
-
-    dev = device(cost)
-    if init is None:
-        f0 = xp.zeros(log_a.shape, dtype=cost.dtype, device=dev)
-        g0 = xp.zeros(log_b.shape, dtype=cost.dtype, device=dev)
-    else:
-        f0, g0 = init
-    inf = xp.asarray(float("inf"), dtype=cost.dtype, device=dev)
-    it, f, g, err = while_loop(xp, cond, body, (xp.asarray(0, device=dev), f0, g0, inf))
-    return SinkhornResult(f, g, err, it, err <= tol)
-
-
-def sinkhorn_block(xp: Any, cost: Any, log_a: Any, log_b: Any, a: Any, f: Any, g: Any, epsilon: Any, steps: int) -> tuple:
-    """``steps`` log-domain iterations from ``g``; returns ``(f, g, worst row-marginal L1 error)``."""
-
-    def f_update(g: Any) -> Any:
-        return -epsilon * logsumexp(xp, log_b[..., None, :] + (g[..., None, :] - cost) / epsilon, axis=-1)
-
-    def g_update(f: Any) -> Any:
-        return -epsilon * logsumexp(xp, log_a[..., :, None] + (f[..., :, None] - cost) / epsilon, axis=-2)
-
-    for _ in range(steps):
-        f = f_update(g)
-        g = g_update(f)
-    row_sums = a * xp.exp((f - f_update(g)) / epsilon)
-    return f, g, xp.max(xp.sum(xp.abs(row_sums - a), axis=-1))
-
-
-def flushed_exp(xp: Any, z: Any) -> Any:
-    """``exp(z)`` for ``z <= 0``, with results below the smallest normal number set to 0.
-
-    On CPUs the vectorised exponential falls back to a scalar path, 20-60x
-    slower, for arguments whose result is subnormal or underflows; the
-    arguments are clipped first, and those entries (at most ~1e-38 in float32,
-    ~1e-307 in float64, relative to the largest) become exact zeros.
-    """
-    floor = 1.0 - normal_exponent(xp, z.dtype)
-    return xp.where(z >= floor, xp.exp(xp.clip(z, min=floor)), 0.0)
-
-
-def plan_from_potentials(
-    xp: Any, cost: Any, log_a: Any, log_b: Any, f: Any, g: Any, epsilon: float
-) -> Any:
-    """``P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)`` (subnormal entries flushed to zero)."""
-    return flushed_exp(xp, log_a[..., :, None] + log_b[..., None, :] + (f[..., :, None] + g[..., None, :] - cost) / epsilon)
+def schur_method(m: int) -> str:
+    """``"schur"`` (direct) for at most ``SCHUR_MAX`` targets, else ``"cg"``."""
+    return "schur" if m <= SCHUR_MAX else "cg"
 
 
 def plan_vjp(
@@ -128,7 +35,7 @@ def plan_vjp(
     cotangent: Any,
     epsilon: float,
     *,
-    method: str = "schur",
+    method: str | None = None,
     with_weights: bool = False,
     cg_tol: float = 1e-10,
     cg_max_iter: int = 1000,
@@ -143,6 +50,8 @@ def plan_vjp(
     (the latter two returned with ``with_weights=True``; they are defined up
     to ``(u + c, w - c)``). Eliminating ``u`` leaves the Schur complement
     ``K w = beta - P^T (alpha / a)`` with ``K = diag(b) - P^T diag(1/a) P``:
+
+    ``method`` defaults to :func:`schur_method` of the number of targets.
 
     * ``method="schur"``: fix ``w_m = 0`` and solve the (m-1) x (m-1) system
       directly. Cost O(n m^2 + m^3): for few targets.
@@ -168,8 +77,33 @@ def plan_vjp(
     return (grad, u, w) if with_weights else grad
 
 
+def potentials_vjp(xp: Any, plan: Any, f: Any, g: Any, cot_f: Any, cot_g: Any, epsilon: float) -> tuple:
+    """Gradients of ``<cot_f, f> + <cot_g, g>`` for the optimal potentials in the gauge ``<f, a> = <g, b>``.
+
+    The gauge is the shift ``(f + c, g - c)``, ``c = (<g, b> - <f, a>) / 2``,
+    that splits the value ``<f, a> + <g, b>`` equally; the adjoint of that
+    projection makes the cotangent orthogonal to the null space ``(1, -1)`` of
+    ``H``. Then ``H (u, w) = (cot_f, cot_g)`` and, with ``a, b`` read off ``plan``::
+
+        dL/dC_ij = P_ij (u_i + w_j),  dL/da_i = -eps (P w)_i / a_i - s f_i,  dL/db_j = -eps (P^T u)_j / b_j + s g_j,
+
+    ``s = (sum cot_f - sum cot_g) / 2`` (the last terms: ``c`` depends on the
+    weights). Returns ``(grad_cost, grad_a, grad_b)``.
+    """
+    a = xp.sum(plan, axis=-1)
+    b = xp.sum(plan, axis=-2)
+    s = 0.5 * (xp.sum(cot_f, axis=-1, keepdims=True) - xp.sum(cot_g, axis=-1, keepdims=True))
+    cot_f, cot_g = cot_f - s * a, cot_g + s * b  # adjoint of the gauge projection
+    w = schur_solve(xp, plan, a, b, cot_g - matvec_t(xp, plan, cot_f / a))
+    u = (cot_f - matvec(xp, plan, w)) / a
+    grad_cost = plan * (u[..., :, None] + w[..., None, :])
+    grad_a = -epsilon * matvec(xp, plan, w) / a - s * f
+    grad_b = -epsilon * matvec_t(xp, plan, u) / b + s * g
+    return grad_cost, grad_a, grad_b
+
+
 def schur_solve(
-    xp: Any, plan: Any, a: Any, b: Any, rhs: Any, *, method: str = "schur", cg_tol: float = 1e-10, cg_max_iter: int = 1000
+    xp: Any, plan: Any, a: Any, b: Any, rhs: Any, *, method: str | None = None, cg_tol: float = 1e-10, cg_max_iter: int = 1000
 ) -> Any:
     """``w`` with ``(diag(b) - P^T diag(1/a) P) w = rhs`` (``rhs`` orthogonal to ``1``).
 
@@ -177,7 +111,7 @@ def schur_solve(
     ``method="cg"``: Jacobi-preconditioned conjugate gradients, two O(n m)
     matrix-vector products per step (see :func:`plan_vjp`).
     """
-    if method == "cg":
+    if (method or schur_method(plan.shape[-1])) == "cg":
         return _schur_cg(xp, plan, a, b, rhs, cg_tol, cg_max_iter)
     head = plan[..., : plan.shape[-1] - 1]
     return gauged_solve(xp, xp.matrix_transpose(head) @ (head / a[..., :, None]), b, rhs)

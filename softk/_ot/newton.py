@@ -16,34 +16,34 @@ step increase ``F``, a Levenberg damping proportional to the marginal error
 keeps the system well posed far from the solution without slowing the final
 quadratic convergence, and epsilon continuation (start at ``eps_start``,
 shrink by ``shrink`` per stage, warm-started) keeps Newton in its fast regime
-at tiny ``eps``. The result has the fields of :class:`softk.sinkhorn.SinkhornResult`
-(so :func:`softk.sinkhorn.plan_from_potentials` and
-:func:`softk.sinkhorn.plan_vjp` apply unchanged).
+at tiny ``eps``. The result has the fields of :class:`softk._ot.dense.SinkhornResult`
+(so :func:`softk._ot.plan.plan_from_potentials` and
+:func:`softk._ot.implicit.plan_vjp` apply unchanged).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from array_api_compat import device
 
-from ._dispatch import while_loop
-from ._xp import logsumexp, normal_exponent
-from .sinkhorn import SinkhornResult, flushed_exp
+from .._dispatch import while_loop
+from .._xp import logsumexp
+from .dense import SinkhornResult
+from .plan import flushed_exp
 
 __all__ = ["semidual_newton", "semidual_newton_plan", "semidual_newton_plan_t", "semidual_plan"]
 
 MAX_HALVINGS = 40
-STAGE_TOL = 0.1  # relative column-marginal error at which an intermediate epsilon stage is left
+NEWTON_STAGE_TOL = 0.1  # relative column-marginal error that ends an intermediate continuation stage
 DAMPING = 0.01  # Levenberg damping: this times the marginal error, relative to the mean Hessian diagonal
-WARMUP = 3  # Sinkhorn updates of g before Newton when warm-started (``init``)
+SINKHORN_STARTS = 3  # Sinkhorn updates of g before Newton when warm-started (``init``)
 
 
 def semidual_plan(xp: Any, cost: Any, log_a: Any, log_b: Any, g: Any, epsilon: float) -> Any:
     """``P_ij = a_i pi_ij``: rows exact, columns as accurate as the solver's error.
 
-    Equal to :func:`softk.sinkhorn.plan_from_potentials` with ``f`` eliminated,
+    Equal to :func:`softk._ot.plan.plan_from_potentials` with ``f`` eliminated,
     but without its rounding (``(f + g - C) / eps`` in float32 at small ``eps``).
     """
     z = log_b[..., None, :] + (g[..., None, :] - cost) / epsilon
@@ -80,7 +80,7 @@ def semidual_newton(
     Examples
     --------
     >>> import numpy as np
-    >>> from softk.sinkhorn import plan_from_potentials
+    >>> from softk._ot.plan import plan_from_potentials
     >>> C = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
     >>> la, lb = np.log(np.full(3, 1 / 3)), np.log(np.array([0.5, 0.5]))
     >>> r = semidual_newton(np, C, la, lb, 1e-3)
@@ -153,10 +153,6 @@ def _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, i
     m = cost.shape[-2]
     eye = xp.eye(m - 1, dtype=dtype, device=dev)
     carry = init is not None
-    # exp(max(z, floor)) - cut, floored at 0: as softk.sinkhorn.flushed_exp (no subnormal exponentials,
-    # exact zeros below the smallest normal relative to the row's largest entry) without a select pass
-    floor = 1.0 - normal_exponent(xp, dtype)
-    cut = math.exp(floor) * (1.0 + 64.0 * ulp)
     cost_eps = cost / epsilon if carry else None
 
     def evaluate(g: Any, eps_cur: Any) -> tuple[Any, Any, Any]:
@@ -164,7 +160,7 @@ def _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, i
         scaled = cost_eps if carry else cost / eps_cur[..., None, None]
         z = (log_b + g / eps_cur[..., None])[..., :, None] - scaled
         top = xp.max(z, axis=-2, keepdims=True)
-        e = xp.clip(xp.exp(xp.clip(z - top, min=floor)) - cut, min=0.0)
+        e = flushed_exp(xp, z - top)
         total = xp.sum(e, axis=-2, keepdims=True)
         lse = xp.log(total) + top
         objective = xp.sum(g * b, axis=-1) - eps_cur * xp.sum(a * lse[..., 0, :], axis=-1)
@@ -238,7 +234,7 @@ def _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, i
         if carry:
             return it + 1, g, eps_cur, err, current
         # leave an intermediate stage once its marginals are roughly right
-        next_eps = xp.where(err <= STAGE_TOL, xp.maximum(eps_cur * shrink, xp.full_like(eps_cur, epsilon)), eps_cur)
+        next_eps = xp.where(err <= NEWTON_STAGE_TOL, xp.maximum(eps_cur * shrink, xp.full_like(eps_cur, epsilon)), eps_cur)
         stay = eps_cur <= final
         return it + 1, g, xp.where(stay, eps_cur, next_eps), xp.where(stay, err, xp.full_like(err, float("inf"))), current
 
@@ -252,7 +248,7 @@ def _newton(xp, cost, log_a, log_b, epsilon, tol, max_iter, eps_start, shrink, i
         # a few Sinkhorn updates g_j += eps log(b_j / (P^T 1)_j) (each raises F: exact dual ascent
         # in g for the current f) bring e.g. unregularised potentials near the entropic ones
         tiny = float(xp.finfo(dtype).smallest_normal)
-        for _ in range(WARMUP):
+        for _ in range(SINKHORN_STARTS):
             col = xp.maximum(xp.sum(current[1], axis=-1), xp.asarray(tiny, dtype=dtype, device=dev))
             g0 = g0 + epsilon * (log_b - xp.log(col))
             current = evaluate(g0, eps0)

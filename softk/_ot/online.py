@@ -1,6 +1,6 @@
 """Online Sinkhorn for point clouds: ``P`` is never formed.
 
-The plan is produced in row blocks (:class:`softk.blocks.PlanBlocks`, O(n + m)
+The plan is produced in row blocks (:class:`softk._ot.blocks.PlanBlocks`, O(n + m)
 memory plus one block). One pass over the blocks is one full Sinkhorn
 iteration (:func:`solve`). Each block is the plan at the current ``(f, g)``;
 its row sums ``r`` give the row-marginal error (free, every iteration) and the
@@ -11,10 +11,10 @@ half the dtype's exponent range is redone max-shifted, and a g-update whose
 column sums would underflow falls back to a log-domain pass. Epsilon scaling
 (stages ``eps 2^k`` from the clouds' squared bounding-box diameter, each
 ended at ``STAGE_TOL``) and over-relaxation (``OMEGA``, halved when the error
-grows) as in :mod:`softk.scaling`; the g-update closing each block of
+grows) as in :mod:`softk._ot.kernel` (one rule: :mod:`softk._ot.schedule`); the g-update closing each block of
 ``check_every`` iterations is plain, and convergence is only declared on an
 error measured with exact columns. Under ``jax.jit`` the same problem runs in
-the bounded log-domain loop :func:`softk.scaling.log_domain`.
+the bounded log-domain loop :func:`softk._ot.dense.log_domain`.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from typing import Any
 
 from array_api_compat import device
 
-from ._dispatch import values_known
-from ._xp import matvec_t, normal_exponent
-from .blocks import PlanBlocks, accumulate, centred, clipped_exp, concat_parts, rows_per_block
-from .scaling import OMEGA, STAGE_TOL, log_domain
-from .sinkhorn import SinkhornResult
+from .._dispatch import values_known
+from .._xp import matvec_t, normal_exponent
+from .blocks import PlanBlocks, accumulate, centred, concat_parts, rows_per_block
+from .dense import SinkhornResult, log_domain
+from .plan import clipped_exp
+from .schedule import OMEGA, STAGE_TOL, WARMUP, epsilon_schedule, relaxation
 
 __all__ = ["solve", "lse_update"]
 
-WARMUP = 4  # plain iterations (errors with exact columns) per stage before over-relaxing
 
 
 def lse_update(xp: Any, x: Any, y: Any, h: Any, log_w: Any, eps: Any) -> Any:
@@ -56,7 +56,7 @@ def lse_update(xp: Any, x: Any, y: Any, h: Any, log_w: Any, eps: Any) -> Any:
 def solve(xp, x, y, log_a, log_b, epsilon, *, tol, max_iter, check_every, init=None, scaling=True):
     """Entropic OT potentials between clouds ``x`` (..., n, d) and ``y`` (..., m, d).
 
-    Same contract as :func:`softk.scaling.solve` (``n_iter`` counts full
+    Same contract as :func:`softk._ot.kernel.solve` (``n_iter`` counts full
     iterations over all stages, ``converged`` only at ``epsilon``).
 
     Examples
@@ -149,14 +149,12 @@ class _Online:
 
     def run(self, f, g, spread, epsilon, tol, max_iter, check_every) -> SinkhornResult:
         xp = self.xp
-        schedule = [epsilon]
-        if spread is not None and spread > epsilon:
-            schedule = [epsilon * 2.0**k for k in range(min(int(math.log2(spread / epsilon)), 200), -1, -1)]
+        schedule = [epsilon] if spread is None else epsilon_schedule(epsilon, spread)
         it, err, exact, done, eps = 0, math.inf, False, False, epsilon
         for k, eps in enumerate(schedule):
             last = k == len(schedule) - 1
             target = tol if last else max(tol, STAGE_TOL)
-            omega, started, capped, official, official_it, step, exact, plain_errors = 1.0, False, False, math.inf, 0, 0, False, []
+            omega, cap, started, official, official_it, step, exact, plain_errors = 1.0, OMEGA, False, math.inf, 0, 0, False, []
             while it < max_iter:
                 # plain g-updates close each block of check_every iterations, the last iteration
                 # allowed and any iteration after an error below target: the next error is then
@@ -174,11 +172,10 @@ class _Online:
                     if not started:
                         plain_errors.append(err)
                         if len(plain_errors) == WARMUP:
-                            omega, started = _omega(1.0, plain_errors[0], err, WARMUP - 1), True
-                    elif err > official:  # growing: halve the over-relaxation towards 1
-                        omega, capped = 1.0 + 0.5 * (omega - 1.0), True
-                    elif not capped:
-                        omega = max(omega, _omega(omega, official, err, it - official_it))
+                            omega, cap = relaxation(1.0, cap, plain_errors[0], err, WARMUP - 1)
+                            started = True
+                    else:  # grows only with the error's rate; halved towards 1 (and capped) when the error grows
+                        omega, cap = relaxation(omega, cap, official, err, it - official_it)
                     official, official_it = err, it
                 f, g, exact = f_new, g_new, plain
             if done or it >= max_iter:
@@ -191,21 +188,3 @@ class _Online:
         dev, dtype = device(f), f.dtype
         error = xp.asarray(err, dtype=dtype, device=dev)
         return SinkhornResult(f, g, error, xp.asarray(it, device=dev), error <= tol)
-
-
-def _omega(omega: float, before: float, after: float, steps: int) -> float:
-    """Over-relaxation factor from two errors (exact columns) ``steps`` iterations apart at ``omega``.
-
-    The observed rate ``rho = (after / before)^(1 / steps)`` estimates, for a
-    linear iteration, the contraction ``kappa`` of plain Sinkhorn through
-    ``(rho + omega - 1)^2 = omega^2 kappa rho`` (Young's relation for
-    successive over-relaxation); the optimal factor is then
-    ``2 / (1 + sqrt(1 - kappa))`` (Lehmann, von Renesse, Sambale and
-    Uschmajew 2021, "A note on overrelaxation in the Sinkhorn algorithm"),
-    capped at ``OMEGA``. Early errors fall fastest, so this tends to
-    underestimate ``kappa``: it is re-estimated at every error with exact columns."""
-    if not (math.isfinite(before) and math.isfinite(after)) or after <= 0.0 or after >= before or steps < 1:
-        return 1.0
-    rho = (after / before) ** (1.0 / steps)
-    kappa = min(1.0, (rho + omega - 1.0) ** 2 / (omega * omega * rho))
-    return min(OMEGA, 2.0 / (1.0 + math.sqrt(1.0 - kappa)))
