@@ -1,4 +1,4 @@
-"""nox sessions: one per backend, plus the whole suite, the demo, the docs and the benchmarks.
+"""nox sessions: one per backend, plus the whole suite, the demo, the docs, lint, type checks and the benchmarks.
 
 PyTorch is pinned to the CPU build (``torch==2.13.0``); plain pip with the
 virtualenv backend is what finds it (uv would fetch a multi-GB CUDA build).
@@ -59,7 +59,23 @@ def docs(session):
 
 @nox.session
 def bench(session):
-    session.install(".[bench,torch,jax]", TORCH)
-    session.run("python", "asv_bench/compare_peers.py", *session.posargs)
-    session.chdir("asv_bench")
-    session.run("asv", "run", "--python=same", "--quick", "--show-stderr")
+    """The asv suite on the working tree, filed under HEAD, then the HTML dashboard (asv_bench/html).
+
+    ``nox -s bench -- --fast`` takes one sample per case; ``nox -s bench -- HEAD~1 HEAD``
+    benchmarks two commits' own source (see asv_bench/bench.py).
+    """
+    session.install("-e", ".[bench,torch,jax]", TORCH)
+    session.run("python", "asv_bench/bench.py", "--publish", *session.posargs)
+
+
+@nox.session
+def lint(session):
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def typecheck(session):
+    """mypy over the package (configured in pyproject.toml)."""
+    session.install("-e", ".", "mypy")
+    session.run("mypy")

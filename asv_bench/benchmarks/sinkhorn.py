@@ -1,4 +1,4 @@
-"""asv benchmarks: ``softk.ot.sinkhorn`` against POT's ``ot.sinkhorn``, in the same classes.
+"""asv benchmarks: ``softk.sinkhorn`` against POT's ``ot.sinkhorn``, in the same classes.
 
 Problem: two uniform clouds of ``n`` points in the unit square (seed 0),
 squared Euclidean cost divided by its maximum, uniform weights, float64,
@@ -6,7 +6,7 @@ squared Euclidean cost divided by its maximum, uniform weights, float64,
 
 Parameters ``backend`` (numpy, torch) x ``impl`` x ``n``:
 
-* ``impl="softk"``: ``softk.ot.sinkhorn(C, epsilon=eps, tol=1e-6)`` (epsilon
+* ``impl="softk"``: ``softk.sinkhorn(C, epsilon=eps, tol=1e-6)`` (epsilon
   scaling, absorption-stabilised over-relaxed kernel iterations); forward +
   backward is the gradient of the regularised cost w.r.t. ``C`` (``P``, by the
   envelope theorem: ``.cost.backward()`` on PyTorch, ``softk.vjp`` on NumPy).
@@ -45,7 +45,7 @@ import warnings
 import numpy as np
 
 import softk
-from softk.ot import sinkhorn, sinkhorn_cost
+from softk import sinkhorn, sinkhorn_cost
 
 try:
     import torch

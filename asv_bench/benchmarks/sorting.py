@@ -29,8 +29,7 @@ import warnings
 import numpy as np
 
 import softk
-from softk.sorting import soft_rank, soft_sort
-from softk.sorting_topk import soft_topk_sorted
+from softk import soft_rank, soft_sort, soft_topk_sorted
 
 try:
     import torch
