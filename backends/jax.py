@@ -22,6 +22,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from softk._op import PYTREES
+
 __all__ = ["apply", "while_loop", "values_known", "on_false", "top_values"]
 
 
@@ -37,8 +39,10 @@ def _custom_vjp(op: Any, params: tuple) -> Callable:
         out, residuals = op.forward(jnp, *arrays, **kwargs)
         return out, (arrays, residuals)
 
-    def bwd(saved: tuple, cotangent: jax.Array) -> tuple:
+    def bwd(saved: tuple, cotangent: Any) -> tuple:
         arrays, residuals = saved
+        if op.n_out > 1:  # integer outputs' cotangents (float0) carry nothing
+            cotangent = tuple(None if c.dtype == jax.dtypes.float0 else c for c in cotangent)
         return tuple(op.backward(jnp, arrays, residuals, cotangent, **kwargs))
 
     fn.defvjp(fwd, bwd)
@@ -49,12 +53,6 @@ def apply(op: Any, arrays: tuple, params: dict) -> jax.Array:
     fn = _custom_vjp(op, tuple(sorted(params.items())))
     mesh = _explicit_mesh(arrays)
     return fn(*arrays) if mesh is None else _auto_partitioned(op, fn, arrays, mesh)
-
-
-# Ops whose output is read by slicing single entries (``sinkhorn`` reads error and
-# n_iter from the packed potentials): replicated on Explicit meshes, since Explicit
-# sharding cannot slice one entry out of a sharded dimension.
-_REPLICATED_OUTPUT = frozenset({"sinkhorn_potentials"})
 
 
 def _explicit_mesh(arrays: tuple) -> Any:
@@ -73,8 +71,8 @@ def _auto_partitioned(op: Any, fn: Callable, arrays: tuple, mesh: Any) -> jax.Ar
     """``fn(*arrays)`` with the mesh's Explicit axes switched to Auto inside it."""
     P = jax.sharding.PartitionSpec
     with jax.sharding.use_abstract_mesh(mesh):
-        if op.name in _REPLICATED_OUTPUT:
-            spec = P()
+        if op.n_out > 1:  # several outputs (potentials and solver statistics): replicated
+            spec = (P(),) * op.n_out
         else:
             shape = jax.eval_shape(jax.sharding.auto_axes(fn, axes=mesh.explicit_axes, out_sharding=P()), *arrays).shape
             spec = _leading_spec(arrays[0], shape)
@@ -120,3 +118,15 @@ def top_values(x: jax.Array, k: int, *, largest: bool) -> jax.Array:
     vals = jax.lax.top_k(x if largest else -x, k)[0]
     vals = jax.lax.optimization_barrier(vals)
     return vals if largest else -vals
+
+
+def _register_pytrees() -> None:
+    """Register the core's result types (:func:`softk._op.pytree`) as JAX pytrees."""
+    for cls, children, static in PYTREES:
+        try:
+            jax.tree_util.register_dataclass(cls, data_fields=list(children), meta_fields=list(static))
+        except ValueError:  # already registered (the module was reloaded)
+            pass
+
+
+_register_pytrees()

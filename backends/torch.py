@@ -12,6 +12,9 @@ from typing import Any, Callable
 
 import array_api_compat.torch as xp
 import torch
+import torch.utils._pytree as torch_pytree
+
+from softk._op import PYTREES
 
 __all__ = ["apply", "while_loop", "values_known", "on_false", "accepts_out"]
 
@@ -20,23 +23,26 @@ class _CoreFunction(torch.autograd.Function):
     @staticmethod
     def forward(op: Any, params: dict, *arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out, residuals = op.forward(xp, *arrays, **params)
-        return (out, *residuals)
+        return (*(out if op.n_out > 1 else (out,)), *residuals)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         op, params, *arrays = inputs
         ctx.op, ctx.params, ctx.n_arrays = op, params, len(arrays)
-        ctx.save_for_backward(*arrays, *output[1:])
-        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*arrays, *output[op.n_out :])
+        exact = [t for t in output[: op.n_out] if not t.is_floating_point()]  # counters and flags
+        ctx.mark_non_differentiable(*output[op.n_out :], *exact)
         ctx.set_materialize_grads(False)  # no zero-filled cotangents for the residual outputs
 
     @staticmethod
-    def backward(ctx: Any, cotangent: torch.Tensor | None, *_: Any) -> tuple:
-        if cotangent is None:
+    def backward(ctx: Any, *cotangents: torch.Tensor | None) -> tuple:
+        cotangents = tuple(None if c is None else c.contiguous() for c in cotangents[: ctx.op.n_out])
+        if all(c is None for c in cotangents):
             return (None,) * (2 + ctx.n_arrays)
         saved = ctx.saved_tensors
         arrays, residuals = saved[: ctx.n_arrays], saved[ctx.n_arrays :]
-        grads = ctx.op.backward(xp, arrays, residuals, cotangent.contiguous(), **ctx.params)
+        cotangent = cotangents if ctx.op.n_out > 1 else cotangents[0]
+        grads = ctx.op.backward(xp, arrays, residuals, cotangent, **ctx.params)
         return (None, None, *grads)
 
     @staticmethod
@@ -49,8 +55,9 @@ class _CoreFunction(torch.autograd.Function):
         return outs, (0,) * len(outs)
 
 
-def apply(op: Any, arrays: tuple, params: dict) -> torch.Tensor:
-    return _CoreFunction.apply(op, params, *arrays)[0]
+def apply(op: Any, arrays: tuple, params: dict) -> Any:
+    outs = _CoreFunction.apply(op, params, *arrays)
+    return tuple(outs[: op.n_out]) if op.n_out > 1 else outs[0]
 
 
 def while_loop(cond: Callable, body: Callable, state: Any) -> Any:
@@ -84,3 +91,19 @@ def accepts_out(*arrays: Any) -> bool:
         return False
     wrapped, recording = torch._C._functorch.is_functorch_wrapped_tensor, torch.is_grad_enabled()
     return not any(isinstance(a, torch.Tensor) and ((recording and a.requires_grad) or wrapped(a)) for a in arrays)
+
+
+def _register_pytrees() -> None:
+    """Register the core's result types (:func:`softk._op.pytree`) with ``torch.utils._pytree``."""
+    for cls, children, static in PYTREES:
+        if cls in torch_pytree.SUPPORTED_NODES:
+            continue
+        torch_pytree.register_pytree_node(
+            cls,
+            lambda obj, children=children, static=static: ([getattr(obj, n) for n in children], tuple(getattr(obj, n) for n in static)),
+            lambda values, aux, cls=cls, children=children, static=static: cls(**dict(zip(children, values)), **dict(zip(static, aux))),
+            serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        )
+
+
+_register_pytrees()

@@ -5,6 +5,12 @@ A :class:`CoreOp` is a pair of pure array-API functions:
 * ``forward(xp, *arrays, **params) -> (out, residuals)``
 * ``backward(xp, arrays, residuals, cotangent, **params) -> grads``
 
+``out`` is one array, or a tuple of arrays when the op declares ``n_out > 1``;
+the backward then receives a tuple of cotangents, one per output, where
+``None`` stands for a zero cotangent (an output nobody differentiated, or an
+integer or boolean output, which never carries a gradient). ``grads`` has one
+entry per array argument (``None`` for no gradient).
+
 ``params`` are static Python values (ints, floats, strings): they are hashable,
 never differentiated, and under JAX they are compile-time constants. A public
 operator is a :class:`Differentiable`: a ``prepare`` function that validates
@@ -17,14 +23,30 @@ forward and hands back the pullback directly, on every backend.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import array_api_compat as compat
 
 from ._dispatch import glue_for
 
-__all__ = ["CoreOp", "Differentiable", "differentiable", "vjp"]
+__all__ = ["CoreOp", "Differentiable", "differentiable", "vjp", "pytree", "PYTREES"]
+
+
+PYTREES: list[tuple[type, tuple[str, ...], tuple[str, ...]]] = []
+
+
+def pytree(*static: str) -> Callable[[type], type]:
+    """Declare a result dataclass a pytree: the glue registers it with JAX and PyTorch, so
+    ``jax.jit``, ``jax.vmap`` and ``torch.compile`` pass it through. Fields named in
+    ``static`` are hashable metadata; the others are arrays (or tuples of arrays)."""
+
+    def register(cls: type) -> type:
+        names = tuple(f.name for f in fields(cls))
+        PYTREES.append((cls, tuple(n for n in names if n not in static), tuple(static)))
+        return cls
+
+    return register
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,6 +56,7 @@ class CoreOp:
     name: str
     forward: Callable[..., tuple[Any, tuple[Any, ...]]]
     backward: Callable[..., tuple[Any, ...]]
+    n_out: int = 1
 
     def bind(self, *arrays: Any, **params: Any) -> Any:
         """Apply the op with the framework's autograd registration."""
@@ -83,11 +106,24 @@ def vjp(fn: Differentiable, *args: Any, **kwargs: Any) -> tuple[Any, Callable]:
     out, residuals = fn.op.forward(xp, *arrays, **params)
 
     def pullback(cotangent: Any) -> tuple[Any, ...]:
-        if compat.array_namespace(cotangent) is not xp or tuple(cotangent.shape) != tuple(out.shape):
-            raise ValueError(
-                f"cotangent must be a {xp.__name__} array of shape {tuple(out.shape)}, "
-                f"got {type(cotangent).__name__} of shape {tuple(getattr(cotangent, 'shape', ()))}"
-            )
+        if fn.op.n_out == 1:
+            _check_cotangent(xp, cotangent, out, "cotangent")
+        else:
+            if not isinstance(cotangent, (tuple, list)) or len(cotangent) != fn.op.n_out:
+                raise TypeError(f"cotangent must be a tuple of {fn.op.n_out} arrays (None for zero), one per output")
+            for i, (c, o) in enumerate(zip(cotangent, out)):
+                if c is not None:
+                    _check_cotangent(xp, c, o, f"cotangent[{i}]")
+            cotangent = tuple(cotangent)
         return tuple(fn.op.backward(xp, arrays, residuals, cotangent, **params))
 
     return out, pullback
+
+
+def _check_cotangent(xp: Any, cotangent: Any, out: Any, name: str) -> None:
+    """A cotangent must be an array of the output's namespace and shape (a Python scalar is not)."""
+    if not compat.is_array_api_obj(cotangent) or compat.array_namespace(cotangent) is not xp or tuple(cotangent.shape) != tuple(out.shape):
+        raise ValueError(
+            f"{name} must be a {xp.__name__} array of shape {tuple(out.shape)}, "
+            f"got {type(cotangent).__name__} of shape {tuple(getattr(cotangent, 'shape', ()))}"
+        )

@@ -35,32 +35,36 @@ from typing import Any
 from array_api_compat import array_namespace
 
 from ._dispatch import values_known
-from ._op import differentiable
-from ._ot.ops import APPLY, APPLY_AT, COST, PLAN, PLAN_AT, POTENTIALS, VALUE_AT, split
+from ._op import differentiable, pytree
+from ._ot.ops import APPLY, APPLY_AT, COST, PLAN, PLAN_AT, POTENTIALS, VALUE_AT
 from ._validate import check_choice, check_finite_values, check_int, check_positive_float, namespace_of
-from ._warnings import warn_if_not_converged
 
 __all__ = ["sinkhorn", "SinkhornOutput", "sinkhorn_cost", "sinkhorn_plan", "sinkhorn_apply", "sinkhorn_divergence"]
 
 ONLINE_ENTRIES = 2**27  # point clouds with more cost entries than this are solved online
 METHODS = ("sinkhorn", "newton")
+DEFAULT_TOL = {64: 1e-6, 32: 1e-4, 16: 1e-2}  # marginal error by the dtype's bits: above its rounding floor
 
 
+@pytree("_params")
 @dataclass(frozen=True)
 class SinkhornOutput:
-    """Result of :func:`sinkhorn`. ``plan``, ``cost`` and ``apply`` are differentiable.
+    """Result of :func:`sinkhorn`. ``f``, ``g``, ``plan``, ``cost`` and ``apply`` are differentiable.
+
+    A pytree: ``jax.jit``, ``jax.vmap`` and ``torch.compile`` return it as it is.
 
     Attributes
     ----------
     f, g : arrays (..., n), (..., m)
-        Dual potentials (no gradient).
+        Dual potentials in the gauge ``<f, a> = <g, b>`` (each half of the value); differentiable
+        by implicit differentiation of the marginal constraints.
     error : 0-d array
-        Worst row-marginal L1 error ``||P 1 - a||_1`` over the batch (the columns are exact);
-        with ``method="newton"`` the worst relative column error (the rows are exact).
-    n_iter : 0-d array
+        Worst ``||P 1 - a||_1 + ||P^T 1 - b||_1`` over the batch, measured on the plan of the
+        returned ``f, g`` (what ``plan`` returns, rounding included).
+    n_iter : 0-d integer array
         Sinkhorn iterations (Newton steps) run, over all epsilon stages.
     converged : 0-d bool array
-        ``error <= tol`` reached within ``max_iter``.
+        ``error <= tol``.
     """
 
     f: Any
@@ -74,12 +78,12 @@ class SinkhornOutput:
     @property
     def plan(self) -> Any:
         """``P`` (..., n, m), formed on access; differentiable (implicit VJP)."""
-        return PLAN_AT.bind(*self._arrays, **self._params)
+        return PLAN_AT.bind(*self._arrays, **dict(self._params))
 
     @property
     def cost(self) -> Any:
         """The regularised OT value ``W = <f, a> + <g, b>`` (...,); differentiable (envelope VJP)."""
-        return VALUE_AT.bind(*self._arrays, **self._params)
+        return VALUE_AT.bind(*self._arrays, **dict(self._params))
 
     def apply(self, v: Any) -> Any:
         """``P @ v`` for ``v`` of shape (m,) or (..., m, k); differentiable in ``v`` and the problem.
@@ -91,11 +95,13 @@ class SinkhornOutput:
         the problem was solved online, otherwise on the formed plan (n x m, like
         the cost matrix or its gradient)."""
         namespace_of(problem=self._arrays[0], v=v)
+        if v.dtype != self._arrays[0].dtype:
+            raise TypeError(f"v must have the problem's dtype {self._arrays[0].dtype}, got {v.dtype}")
         m = self.g.shape[-1]
         vector = v.ndim == 1
         if v.ndim < 1 or v.shape[-1 if vector else -2] != m:
             raise ValueError(f"v must have shape ({m},) or (..., {m}, k), got {tuple(v.shape)}")
-        out = APPLY_AT.bind(*self._arrays, v[:, None] if vector else v, **self._params)
+        out = APPLY_AT.bind(*self._arrays, v[:, None] if vector else v, **dict(self._params))
         return out[..., 0] if vector else out
 
 
@@ -107,7 +113,7 @@ def sinkhorn(
     a: Any = None,
     b: Any = None,
     epsilon: float,
-    tol: float = 1e-6,
+    tol: float | None = None,
     max_iter: int = 10_000,
     init: tuple[Any, Any] | None = None,
     check_every: int = 5,
@@ -127,13 +133,17 @@ def sinkhorn(
         Positive weights, renormalised to sum to one; uniform when omitted.
     epsilon : float
         Entropic regularisation, in cost units (> 0).
-    tol : float
-        Stop when the row-marginal L1 error is ``<= tol``, checked every ``check_every`` iterations
+    tol : float, optional
+        Converged when the marginal error of the returned plan, ``||P 1 - a||_1 + ||P^T 1 - b||_1``,
+        is ``<= tol``. Default by dtype (:data:`DEFAULT_TOL`): 1e-6 in float64, 1e-4 in
+        float32, 1e-2 in float16, above each dtype's rounding floor on costs of order one
+        at epsilon >= 1e-3. The solvers check their own estimate every ``check_every`` iterations
         (5: the dense solver's over-relaxation restarts plain at each check, and stages end only
-        at checks; 5 needed 155 and 60 iterations where 10 needed 180 and 100 on the
-        2000-point benchmark at epsilon 1e-3 and 1e-2).
+        at checks); the error is then measured once on the returned potentials.
     max_iter : int
-        Iteration bound over all stages; a :class:`softk.NotConvergedWarning` says when it is hit.
+        Iteration bound over all stages; a :class:`softk.NotConvergedWarning` says when the
+        returned plan misses ``tol`` (the bound was hit, or the dtype's rounding at this
+        ``epsilon`` does not allow ``tol``: the message says which).
     init : (f, g), optional
         Warm start (e.g. a previous result's ``f, g``); disables epsilon scaling.
     scaling : bool
@@ -149,10 +159,10 @@ def sinkhorn(
         potentials (:mod:`softk._ot.newton`), for few targets (each step costs
         O(n m^2 + m^3)) or tiny ``epsilon``. It reaches tight marginals in a few dozen
         steps where Sinkhorn needs thousands, at any ``epsilon``. Rows are then
-        exact, and ``tol`` and ``error`` refer to the relative column error
-        ``max_j |(P^T 1)_j / b_j - 1|`` (which bounds the columns' L1 error);
+        exact by construction and the solver stops on the relative column
+        error ``max_j |(P^T 1)_j / b_j - 1|`` (which bounds the columns' L1 error);
         rounding limits it to about ``4 ulp max|C| / epsilon`` (``ulp`` = 1.2e-7
-        in float32), below which a ``tol`` is not reached.
+        in float32).
         ``max_iter`` counts Newton steps, ``scaling`` is epsilon continuation
         from the cost's range, ``check_every`` does not apply. Needs ``m >= 2``
         and a formed cost (not ``online``). The gradients are the same
@@ -175,16 +185,13 @@ def sinkhorn(
     arrays, params, (n, m) = _prepare(cost, x, y, a, b, epsilon, tol, max_iter, check_every, scaling, online, method)
     xp = array_namespace(*arrays)
     extra = () if init is None else _check_init(init, arrays[0], n, m)
-    packed = POTENTIALS.bind(*arrays, *extra, **params, has_init=bool(extra))
-    f, g = split(packed[..., :-2], n)
-    error, n_iter = (xp.reshape(packed[..., i], (-1,))[0] for i in (-2, -1))
-    converged = error <= params["tol"]
-    warn_if_not_converged(xp, converged, "sinkhorn")
-    return SinkhornOutput(f, g, error, n_iter, converged, (*arrays, packed[..., :-2]), params)
+    f, g, error, n_iter = POTENTIALS.bind(*arrays, *extra, **params, has_init=bool(extra))
+    fg = xp.concat([f, g], axis=-1)
+    return SinkhornOutput(f, g, error, n_iter, error <= params["tol"], (*arrays, fg), tuple(sorted(params.items())))
 
 
 @differentiable(COST)
-def sinkhorn_cost(cost=None, *, x=None, y=None, a=None, b=None, epsilon, tol=1e-6, max_iter=10_000, check_every=5, scaling=True, online=None, method="sinkhorn"):
+def sinkhorn_cost(cost=None, *, x=None, y=None, a=None, b=None, epsilon, tol=None, max_iter=10_000, check_every=5, scaling=True, online=None, method="sinkhorn"):
     """The regularised OT value ``W`` alone: ``sinkhorn(...).cost`` as one operator.
 
     For :func:`softk.vjp` (gradients on NumPy/CuPy); the pullback returns one
@@ -203,7 +210,7 @@ def sinkhorn_cost(cost=None, *, x=None, y=None, a=None, b=None, epsilon, tol=1e-
 
 
 @differentiable(PLAN)
-def sinkhorn_plan(cost=None, *, x=None, y=None, a=None, b=None, epsilon, tol=1e-6, max_iter=10_000, check_every=5, scaling=True, online=None, method="sinkhorn"):
+def sinkhorn_plan(cost=None, *, x=None, y=None, a=None, b=None, epsilon, tol=None, max_iter=10_000, check_every=5, scaling=True, online=None, method="sinkhorn"):
     """The plan ``P`` alone: ``sinkhorn(...).plan`` as one operator (for :func:`softk.vjp`).
 
     >>> import numpy as np, softk
@@ -214,7 +221,7 @@ def sinkhorn_plan(cost=None, *, x=None, y=None, a=None, b=None, epsilon, tol=1e-
 
 
 @differentiable(APPLY)
-def sinkhorn_apply(cost=None, *, x=None, y=None, a=None, b=None, v, epsilon, tol=1e-6, max_iter=10_000, check_every=5, scaling=True, online=None, method="sinkhorn"):
+def sinkhorn_apply(cost=None, *, x=None, y=None, a=None, b=None, v, epsilon, tol=None, max_iter=10_000, check_every=5, scaling=True, online=None, method="sinkhorn"):
     """``P @ v`` alone (``v`` of shape (..., m, k)): ``sinkhorn(...).apply(v)`` as one operator.
 
     For :func:`softk.vjp`; the pullback returns one gradient per array given, in
@@ -278,6 +285,9 @@ def _prepare(cost, x, y, a, b, epsilon, tol, max_iter, check_every, scaling, onl
         n, m = x.shape[-2], y.shape[-2]
     if n < 1 or m < 1:
         raise ValueError(f"the problem must have at least one source and one target, got n={n}, m={m}")
+    batch = cost.shape[:-2] if cost is not None else _broadcast_batch("x and y", x.shape[:-2], y.shape[:-2])
+    if 0 in batch:
+        raise ValueError(f"the batch is empty (batch shape {tuple(batch)}): there is no problem to solve")
     for name, arr in geometry.items():
         check_finite_values(xp, name, arr)
     for name, arr, size in (("a", a, n), ("b", b, m)):
@@ -285,13 +295,14 @@ def _prepare(cost, x, y, a, b, epsilon, tol, max_iter, check_every, scaling, onl
             continue
         if arr.ndim < 1 or arr.shape[-1] != size:
             raise ValueError(f"{name} must have shape (..., {size}) to match the cost, got {tuple(arr.shape)}")
+        _broadcast_batch(f"{name} and the problem", arr.shape[:-1], batch)
         check_finite_values(xp, name, arr)
         if values_known(xp, arr) and not bool(xp.all(arr > 0)):
             raise ValueError(f"{name} must be positive (drop points with zero weight)")
     params = dict(
         names=(*geometry, *weights),
         epsilon=check_positive_float("epsilon", epsilon),
-        tol=check_positive_float("tol", tol),
+        tol=DEFAULT_TOL[xp.finfo(geometry[next(iter(geometry))].dtype).bits] if tol is None else check_positive_float("tol", tol),
         max_iter=check_int("max_iter", max_iter, 1, 10**9),
         check_every=check_int("check_every", check_every, 1, 10**6),
         scaling=bool(scaling),
@@ -301,6 +312,14 @@ def _prepare(cost, x, y, a, b, epsilon, tol, max_iter, check_every, scaling, onl
     if params["method"] == "newton" and (params["online"] or m < 2):
         raise ValueError(f"method='newton' needs at least 2 targets and a formed cost (not online), got m={m}, online={params['online']}")
     return (*geometry.values(), *weights.values()), params, (n, m)
+
+
+def _broadcast_batch(what: str, s: tuple, t: tuple) -> tuple:
+    """The broadcast of two batch shapes, or a ValueError naming ``what``."""
+    s, t = (1,) * (len(t) - len(s)) + tuple(s), (1,) * (len(s) - len(t)) + tuple(t)
+    if any(i != j and 1 not in (i, j) for i, j in zip(s, t)):
+        raise ValueError(f"the batch shapes of {what} do not broadcast: {tuple(s)} and {tuple(t)}")
+    return tuple(max(i, j) if 1 in (i, j) else i for i, j in zip(s, t))
 
 
 def _online(online: Any, matrix: bool, entries: int) -> bool:
@@ -321,5 +340,7 @@ def _check_init(init: Any, like: Any, n: int, m: int) -> tuple:
     for name, arr, size in (("init f", f, n), ("init g", g, m)):
         if arr.ndim < 1 or arr.shape[-1] != size:
             raise ValueError(f"{name} must have shape (..., {size}), got {tuple(arr.shape)}")
+        if arr.dtype != like.dtype:
+            raise TypeError(f"{name} must have the problem's dtype {like.dtype}, got {arr.dtype}")
         check_finite_values(xp, name, arr)
     return (f, g)

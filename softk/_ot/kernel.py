@@ -187,6 +187,14 @@ class _Kernel:
         del k
         self.eps, self.f, self.g = eps, f, g - eps * (top + self.log_b)
         self._normalise_columns()
+        self._recentre()
+
+    def _recentre(self) -> None:
+        """Shift ``(f + c, g - c)`` (the kernel is unchanged) so that neither potential drifts far
+        from zero: stages at a huge epsilon (a huge cost entry) would otherwise leave ``f`` and
+        ``g`` at +-1e17, and their rounding would then swamp ``f_i + g_j - C_ij``."""
+        c = 0.5 * (self.xp.mean(self.g, axis=-1, keepdims=True) - self.xp.mean(self.f, axis=-1, keepdims=True))
+        self.f, self.g = self.f + c, self.g - c
 
     def sharpen(self, eps: float) -> None:
         """Halve epsilon at fixed potentials: ``K <- K^2 / (a b^T)``, no exponential."""
@@ -210,6 +218,7 @@ class _Kernel:
         self.kern *= self.u[..., :, None]
         self.kern *= self.v[..., None, :]
         self.u, self.v = self.xp.ones_like(self.f), self.xp.ones_like(self.g)
+        self._recentre()
 
     def iterate(self, tol: float, max_iter: int) -> float:
         """Over-relaxed kernel updates until the row error is ``<= tol``; returns it."""

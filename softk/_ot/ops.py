@@ -3,9 +3,14 @@
 Every op takes the problem arrays, named by the static ``names`` parameter
 (``cost`` or ``x, y``, then optionally ``a``, ``b``). The ``*_AT`` ops also
 take the solved potentials ``fg = concat(f, g)`` as a last array and return
-no gradient for it: ``fg`` comes from :data:`POTENTIALS`, whose backward is
-zero (a stop-gradient), and the ``*_AT`` backwards already account for how
-the optimal potentials move with the problem:
+no gradient for it: their backwards already account for how the optimal
+potentials move with the problem.
+
+:data:`POTENTIALS` solves (one strategy of :mod:`softk._ot`) and returns
+``(f, g, error, n_iter)``: ``error`` is measured on the plan of the returned
+potentials (rounding included), and ``f, g`` are fixed in the gauge
+``<f, a> = <g, b>`` and differentiable (:func:`softk._ot.implicit.potentials_vjp`).
+The other ops' gradients:
 
 * value ``W = <f, a> + <g, b>`` (the regularised OT cost at the optimum):
   envelope theorem, ``dW/dC = P``, ``dW/da = f``, ``dW/db = g``;
@@ -26,14 +31,17 @@ from typing import Any
 
 from array_api_compat import device
 
+from .._dispatch import values_known
 from .._op import CoreOp
-from .blocks import PlanBlocks, apply as online_apply, apply_vjp as online_apply_vjp, value_vjp
+from .._warnings import warn_if_not_converged
+from .blocks import PlanBlocks, apply as online_apply, apply_vjp as online_apply_vjp, plan_products, value_vjp
 from .costs import sqeuclidean, sqeuclidean_vjp
-from .implicit import plan_vjp
+from .dense import sinkhorn_log
+from .implicit import plan_vjp, potentials_vjp
 from .kernel import solve
 from .newton import semidual_newton
 from .online import solve as online_solve
-from .plan import plan_from_potentials
+from .plan import marginal_error, plan_from_potentials
 
 __all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN", "APPLY"]
 
@@ -41,6 +49,7 @@ __all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN", "APP
 # zero-filled array would make autograd run POTENTIALS' backward, whose zero gradient for the
 # cost (n x m) is then added to the real one: two more n x m arrays at the backward's peak.
 NO_GRADIENT = None
+INNER_TOL = 0.5  # the strategies' own stopping test, as a fraction of the tol the returned plan must meet
 
 
 def problem(xp: Any, arrays: tuple, names: tuple, online: bool = False) -> tuple[Any, Any, Any, dict]:
@@ -100,14 +109,18 @@ def _unbroadcast(xp: Any, grad: Any, shape: tuple) -> Any:
     return xp.sum(grad, axis=axes, keepdims=True) if axes else grad
 
 
-def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling, online, method="sinkhorn", has_init=False, **_):
+def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling, online, method="sinkhorn", has_init=False, what="sinkhorn", **_):
+    """Solve; return ``((f, g, error, n_iter), (f, g))`` with ``error`` measured on the plan of the
+    returned ``f, g`` (:func:`measured_error`) and the potentials in the gauge ``<f, a> = <g, b>``."""
     init = None
     if has_init:
         arrays, (f0, g0) = arrays[:-2], arrays[-2:]
     cost, log_a, log_b, d = problem(xp, arrays, names, online)
     if has_init:
         init = (xp.broadcast_to(f0, log_a.shape), xp.broadcast_to(g0, log_b.shape))
-    kw = dict(tol=tol, max_iter=max_iter, check_every=check_every, init=init, scaling=scaling)
+    # the strategies stop at half of tol by their own estimate: the other half is left to the
+    # rounding of the returned plan and to its columns, which the estimate does not see
+    kw = dict(tol=INNER_TOL * tol, max_iter=max_iter, check_every=check_every, init=init, scaling=scaling)
     if method == "newton":
         r = _newton(xp, cost, log_a, log_b, epsilon, **kw)
     elif online:
@@ -115,10 +128,70 @@ def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling
         r = online_solve(xp, x, y, log_a, log_b, epsilon, **kw)
     else:
         r = solve(xp, cost, log_a, log_b, epsilon, **kw)
-    dtype = log_a.dtype
-    stats = xp.stack([xp.astype(r.error, dtype), xp.astype(r.n_iter, dtype)])
-    stats = xp.broadcast_to(stats, (*log_a.shape[:-1], 2))
-    return xp.concat([r.f, r.g, stats], axis=-1), ()
+    f, g, n_iter = r.f, r.g, r.n_iter
+    error = measured_error(xp, arrays, names, f, g, epsilon)
+    if method != "newton" and not online and values_known(xp, error) and float(error) > tol and int(n_iter) < max_iter:
+        # the strategy's own estimate missed what the plan shows (a kernel entry underflowed or
+        # overflowed): finish in the log domain from the returned potentials, within max_iter
+        rounding = _rounding_floor(xp, f, g, epsilon)
+        if not math.isfinite(rounding) or rounding > tol:  # potentials too large to be refined: start afresh
+            f, g = xp.zeros_like(f), xp.zeros_like(g)
+        r = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=INNER_TOL * tol, max_iter=max_iter - int(n_iter), check_every=check_every, init=(f, g))
+        f, g, n_iter = r.f, r.g, n_iter + r.n_iter
+        error = measured_error(xp, arrays, names, f, g, epsilon)
+    shift = 0.5 * (xp.sum(xp.exp(log_b) * g, axis=-1) - xp.sum(xp.exp(log_a) * f, axis=-1))[..., None]
+    f, g = f + shift, g - shift
+    warn_if_not_converged(xp, error <= tol, what, error=error, tol=tol, rounding=_rounding_floor(xp, f, g, epsilon))
+    return (f, g, error, xp.astype(n_iter, xp.int64 if _has_int64(xp) else xp.int32)), (f, g)
+
+
+def measured_error(xp: Any, arrays: tuple, names: tuple, f: Any, g: Any, epsilon: float) -> Any:
+    """Worst ``||P 1 - a||_1 + ||P^T 1 - b||_1`` over the batch of the plan at ``(f, g)``, formed
+    block by block as every plan the ops return is (O(n + m) memory)."""
+    _, log_a, log_b, d = problem(xp, arrays, names, online=True)
+    x = y = None
+    if "cost" not in d:
+        x = xp.broadcast_to(d["x"], (*log_a.shape, d["x"].shape[-1]))
+        y = xp.broadcast_to(d["y"], (*log_b.shape, d["y"].shape[-1]))
+    plan = PlanBlocks(xp, log_a, log_b, f, g, epsilon, cost=d.get("cost"), x=x, y=y)
+    rows, cols = plan_products(xp, plan, _ones_column(xp, log_b), _ones_column(xp, log_a))
+    return marginal_error(xp, rows[..., 0], cols[..., 0], xp.exp(log_a), xp.exp(log_b))
+
+
+def _ones_column(xp: Any, like: Any) -> Any:
+    return xp.ones((*like.shape, 1), dtype=like.dtype, device=device(like))
+
+
+def _rounding_floor(xp: Any, f: Any, g: Any, epsilon: float) -> float | None:
+    """``2 ulp (max|f| + max|g|) / epsilon``: about the relative rounding of the plan's entries
+    (their exponent ``(f_i + g_j - C_ij) / eps`` is a difference of numbers that large), i.e.
+    the smallest marginal error the dtype allows; None where the values cannot be read."""
+    if not values_known(xp, f):
+        return None
+    scale = float(xp.max(xp.abs(f))) + float(xp.max(xp.abs(g)))
+    return 2.0 * float(xp.finfo(f.dtype).eps) * scale / epsilon
+
+
+def _has_int64(xp: Any) -> bool:
+    """Whether ``xp`` makes int64 arrays (JAX without x64 does not)."""
+    return xp.asarray(0, dtype=xp.int64).dtype == xp.int64
+
+
+def _potentials_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, online, has_init=False, **_):
+    """Implicit VJP of the gauge-fixed potentials (:func:`softk._ot.implicit.potentials_vjp`);
+    the plan is formed (n x m), also for a problem solved online."""
+    cot_f, cot_g = cotangent[0], cotangent[1]
+    problem_arrays = arrays[:-2] if has_init else arrays
+    extra = (None, None) if has_init else ()
+    if cot_f is None and cot_g is None:
+        return (*(None for _ in problem_arrays), *extra)
+    f, g = residuals
+    cost, log_a, log_b, d = problem(xp, problem_arrays, names)
+    plan = plan_from_potentials(xp, cost, log_a, log_b, f, g, epsilon)
+    cot_f = xp.zeros_like(f) if cot_f is None else cot_f
+    cot_g = xp.zeros_like(g) if cot_g is None else cot_g
+    grad_cost, grad_a, grad_b = potentials_vjp(xp, plan, f, g, cot_f, cot_g, epsilon)
+    return (*_grads(xp, d, names, grad_cost, grad_a, grad_b), *extra)
 
 
 def _newton(xp, cost, log_a, log_b, epsilon, *, tol, max_iter, init, scaling, **_):
@@ -131,10 +204,6 @@ def _newton(xp, cost, log_a, log_b, epsilon, *, tol, max_iter, init, scaling, **
         start = xp.max(cost, axis=(-2, -1)) - xp.min(cost, axis=(-2, -1))
     g0 = None if init is None else init[1]
     return semidual_newton(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter, eps_start=start, init=g0)
-
-
-def _no_gradient(xp, arrays, residuals, cotangent, **_):
-    return tuple(xp.zeros_like(x) for x in arrays)
 
 
 def _value_at(xp, *arrays, names, **_):
@@ -212,12 +281,13 @@ def _apply_at_vjp(xp, arrays, residuals, cotangent, *, names, epsilon, online, *
 
 
 def _solving(name: str, at: CoreOp) -> CoreOp:
-    """``at`` preceded by its own solve (``fg`` kept as the residual)."""
+    """``at`` preceded by its own solve (the potentials kept as residuals); warns if not converged."""
 
     def forward(xp, *arrays, **params):
-        fg, _ = _potentials(xp, *arrays, **params)
-        out, _ = at.forward(xp, *arrays, fg[..., :-2], **params)
-        return out, (fg[..., :-2],)
+        (f, g, _, _), _ = _potentials(xp, *arrays, **params, what=name)
+        fg = xp.concat([f, g], axis=-1)
+        out, _ = at.forward(xp, *arrays, fg, **params)
+        return out, (fg,)
 
     def backward(xp, arrays, residuals, cotangent, **params):
         return at.backward(xp, (*arrays, *residuals), (), cotangent, **params)[:-1]
@@ -227,8 +297,8 @@ def _solving(name: str, at: CoreOp) -> CoreOp:
 
 def _apply_solving(xp, *arrays, **params):
     """``P V`` with its own solve: the arrays are the problem's, then ``V``."""
-    fg, _ = _potentials(xp, *arrays[:-1], **params)
-    fg = fg[..., :-2]
+    (f, g, _, _), _ = _potentials(xp, *arrays[:-1], **params, what="sinkhorn_apply")
+    fg = xp.concat([f, g], axis=-1)
     out, _ = _apply_at(xp, *arrays[:-1], fg, arrays[-1], **params)
     return out, (fg,)
 
@@ -238,7 +308,7 @@ def _apply_solving_vjp(xp, arrays, residuals, cotangent, **params):
     return (*grads[:-2], grads[-1])
 
 
-POTENTIALS = CoreOp("sinkhorn_potentials", _potentials, _no_gradient)
+POTENTIALS = CoreOp("sinkhorn_potentials", _potentials, _potentials_vjp, n_out=4)
 VALUE_AT = CoreOp("sinkhorn_value", _value_at, _value_at_vjp)
 PLAN_AT = CoreOp("sinkhorn_plan", _plan_at, _plan_at_vjp)
 APPLY_AT = CoreOp("sinkhorn_apply", _apply_at, _apply_at_vjp)
