@@ -13,20 +13,26 @@ import numpy as np
 
 import softk
 
+from .cases import Case
+
 
 @dataclass
 class Runner:
     name: str
     asarray: Callable[[np.ndarray], Any]
     to_numpy: Callable[[Any], np.ndarray]
-    value_and_grad: Callable[[Any, Any, dict], tuple[Any, Any]]  # (x, v, kwargs) -> (A, v^T dA/dx)
+    # (case, arrays, cotangent) -> (output, gradients of <cotangent, output> for each array), or None
+    value_and_grad: Callable[[Case, tuple, Any], tuple[Any, tuple] | None]
     sync: Callable[[Any], None] = lambda a: None
 
 
 def _vjp_runner(name: str, xp: Any, to_numpy: Callable, sync: Callable = lambda a: None) -> Runner:
-    def value_and_grad(x, v, kw):
-        out, pullback = softk.vjp(softk.soft_topk, x, **kw)
-        return out, pullback(v)[0]
+    def value_and_grad(case, arrays, v):
+        if case.vjp is None:  # a composite operator: gradients through torch/JAX autograd only
+            return None
+        op, args, kwargs = case.vjp(*arrays)
+        out, pullback = softk.vjp(op, *args, **kwargs)
+        return out, tuple(pullback(v))
 
     return Runner(name, lambda a: xp.asarray(a), to_numpy, value_and_grad, sync)
 
@@ -34,29 +40,30 @@ def _vjp_runner(name: str, xp: Any, to_numpy: Callable, sync: Callable = lambda 
 def _torch() -> Runner:
     import torch
 
-    def value_and_grad(x, v, kw):
-        x = x.detach().requires_grad_(True)
-        out = softk.soft_topk(x, **kw)
-        out.backward(v)
-        return out.detach(), x.grad
+    def value_and_grad(case, arrays, v):
+        leaves = [a.detach().requires_grad_(True) for a in arrays]
+        out = case.call(*leaves)
+        return out.detach(), torch.autograd.grad(out, leaves, v)
 
     return Runner("torch", torch.asarray, lambda a: a.detach().cpu().numpy(), value_and_grad)
 
 
 def _jax() -> Runner:
     import jax
-    import jax.numpy as jnp
 
     jax.config.update("jax_enable_x64", True)
     compiled: dict = {}
 
-    def value_and_grad(x, v, kw):
-        key = tuple(sorted(kw.items()))
-        if key not in compiled:
-            compiled[key] = jax.jit(lambda x, v: (lambda r: (r[0], r[1](v)[0]))(jax.vjp(lambda x: softk.soft_topk(x, **kw), x)))
-        return compiled[key](x, v)
+    def value_and_grad(case, arrays, v):
+        if case.name not in compiled:
+            def fn(arrays, v):
+                out, pullback = jax.vjp(case.call, *arrays)
+                return out, pullback(v)
 
-    return Runner("jax (jit)", jnp.asarray, np.asarray, value_and_grad, lambda a: a.block_until_ready())
+            compiled[case.name] = jax.jit(fn)
+        return compiled[case.name](tuple(arrays), v)
+
+    return Runner("jax (jit)", jax.numpy.asarray, np.asarray, value_and_grad, jax.block_until_ready)
 
 
 def _strict() -> Runner:
