@@ -199,7 +199,7 @@ class SinkhornOnline:
         return sinkhorn(x=self.x, y=self.y, epsilon=1e-2, tol=TOL, online=True)
 
     def time_forward(self, backend, n):
-        self.solve().cost
+        return self.solve().cost
 
     def time_apply(self, backend, n):
         self.out.apply(self.v)
@@ -219,7 +219,7 @@ def main(n: int) -> None:
                 print(f"{backend:8} {impl:8} skipped: {e}")
                 continue
             # POT's forward returns the plan; softk's row error is read off its plan property
-            check = row_error if impl != "softk" else (lambda _: row_error(plan()))
+            check = row_error if impl != "softk" else (lambda _, plan=plan: row_error(plan()))
             t_fwd, mb_fwd, err = measure(fwd, check)
             t_bwd, mb_bwd, _ = measure(fwd_bwd) if fwd_bwd is not None else (float("nan"),) * 3
             print(f"{backend:8} {impl:8} {t_fwd:10.3f} {t_bwd:10.3f} {err:9.1e} {mb_fwd:7.0f} {mb_bwd:7.0f}", flush=True)
