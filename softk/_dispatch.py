@@ -31,7 +31,17 @@ def _glue_name(xp: Any) -> str:
 
 def glue_for(xp: Any) -> ModuleType:
     """The ``softk.backends`` module that registers gradients for namespace ``xp``."""
-    return importlib.import_module(f"softk.backends.{_glue_name(xp)}")
+    name = f"softk.backends.{_glue_name(xp)}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name not in (name, "softk.backends"):
+            raise  # the framework itself is missing a module: its own error says which
+        raise ImportError(
+            f"{name} is missing: softk is being imported from its source folder without being "
+            "installed (the framework glue lives in backends/ and is installed as softk.backends). "
+            "Install it with `python -m pip install -e .` from the checkout, or run from another folder."
+        ) from err
 
 
 def while_loop(

@@ -34,12 +34,37 @@ from array_api_compat import device as _dev
 from ._dispatch import while_loop
 from ._xp import into, normal_exponent, top_values
 
-__all__ = ["soft_select", "ThresholdResult"]
+__all__ = ["soft_select", "hard_select", "hard_epsilon", "ThresholdResult"]
 
 MAX_NEWTON = 100
 MAX_RECENTRE = 8
 CANDIDATES = 16  # ranked entries past the (k+1)-th that the starting point is solved on
 STRIDE = 64  # every STRIDE-th entry of the rest stands for its neighbours in the starting problem
+
+
+def hard_epsilon(xp: Any, dtype: Any) -> float:
+    """Below this epsilon (relative to the paper's normalisation) soft top-k returns its limit,
+    the hard mask: ``ulp / 16`` (7e-9 in float32, 1.4e-17 in float64), where the inverse
+    temperature leaves the range in which the threshold can be resolved."""
+    return float(xp.finfo(dtype).eps) / 16.0
+
+
+def hard_select(xp: Any, x: Any, k: int, *, largest: bool) -> Any:
+    """The ``epsilon -> 0`` limit of soft top-k: 1 on the ``k`` best entries, 0 elsewhere, and
+    entries tied with the ``k``-th best sharing what is left equally (sum ``k`` exactly).
+
+    >>> import numpy as np
+    >>> hard_select(np, np.array([3.0, 1.0, 3.0, 0.0]), 1, largest=True).tolist()
+    [0.5, 0.0, 0.5, 0.0]
+    """
+    best, _ = top_values(xp, x, k, largest=largest)
+    kth = best[..., k - 1 : k]
+    better = x > kth if largest else x < kth
+    tied = x == kth
+    n_better = xp.sum(xp.astype(better, x.dtype), axis=-1, keepdims=True)
+    n_tied = xp.sum(xp.astype(tied, x.dtype), axis=-1, keepdims=True)
+    share = (k - n_better) / n_tied
+    return xp.where(better, xp.ones_like(x), xp.where(tied, share, xp.zeros_like(x)))
 
 
 @dataclass(frozen=True)

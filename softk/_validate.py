@@ -10,7 +10,7 @@ import array_api_compat as compat
 
 from ._dispatch import values_known
 
-__all__ = ["namespace_of", "check_int", "check_positive_float", "check_axis", "check_finite_values", "check_choice"]
+__all__ = ["check_nonempty", "namespace_of", "check_int", "check_positive_float", "check_axis", "check_finite_values", "check_choice"]
 
 
 def _placement(x: Any) -> Any:
@@ -56,9 +56,19 @@ def namespace_of(**arrays: Any) -> Any:
             )
     xp = spaces[first]
     for name, arr in arrays.items():
-        if not xp.isdtype(arr.dtype, "real floating"):
-            raise TypeError(f"{name} must have a real floating dtype (float32 or float64), got {arr.dtype}")
+        if not xp.isdtype(arr.dtype, "real floating") or xp.finfo(arr.dtype).bits > 64:
+            raise TypeError(f"{name} must have a real floating dtype (float16, float32 or float64), got {arr.dtype}")
+        if type(arr).__name__ == "matrix":
+            raise TypeError(f"{name} is a numpy.matrix, whose operators follow matrix rules: pass np.asarray({name})")
+        if getattr(arr, "is_meta", False):
+            raise ValueError(f"{name} is a meta tensor (shape only, no values): softk's solvers need the values")
     return xp
+
+
+def check_nonempty(x: Any, name: str = "x") -> None:
+    """Reject an array with no entries (an empty batch): there is nothing to solve."""
+    if any(size == 0 for size in x.shape):
+        raise ValueError(f"{name} has no entries (shape {tuple(x.shape)}): an empty batch has nothing to solve")
 
 
 def check_int(name: str, value: Any, low: int, high: int) -> int:

@@ -34,7 +34,7 @@ from array_api_compat import device
 
 from ._layout import from_rows, to_rows
 from ._op import CoreOp, differentiable
-from ._validate import check_axis, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
+from ._validate import check_axis, check_nonempty, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
 from ._ot.implicit import schur_solve
 from ._ot.kernel import solve_plan as sinkhorn_plan
@@ -118,9 +118,17 @@ def hard_potentials(xp: Any, s: Any, y: Any, weights: list[float], *, sources: b
 
 
 def _squash(xp: Any, x: Any) -> tuple[Any, Any, Any]:
-    """``s = sigmoid(z)``, ``z = (x - mean) / (std + 1e-10)``; also ``z`` and ``std``."""
-    centred = x - xp.mean(x, axis=-1, keepdims=True)
-    std = xp.std(x, axis=-1, keepdims=True)
+    """``s = sigmoid(z)``, ``z = (x - mean) / (std + 1e-10)``; also ``z`` and ``std``.
+
+    The mean and the standard deviation are taken of ``x / max|x|`` and scaled
+    back, so inputs near the dtype's largest value (1e155 squared overflows
+    float64) keep their spread."""
+    big = xp.max(xp.abs(x), axis=-1, keepdims=True)
+    big = xp.where(big > 0, big, xp.ones_like(big))
+    unit = x / big
+    centred_unit = unit - xp.mean(unit, axis=-1, keepdims=True)
+    centred = big * centred_unit
+    std = big * xp.std(centred_unit, axis=-1, keepdims=True)
     z = centred / (std + 1e-10)
     e = xp.exp(-xp.abs(z))  # stable on both sides
     s = xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
@@ -135,7 +143,8 @@ def _squash_vjp(xp: Any, s: Any, z: Any, std: Any, grad_s: Any) -> Any:
     # z = c / denom with c = x - mean; d std / dx = c / (n std) (0 for constant rows)
     dstd = xp.where(std > 0, z * denom / (n * xp.where(std > 0, std, xp.ones_like(std))), xp.zeros_like(z))
     gc = gz / denom - xp.sum(gz * z, axis=-1, keepdims=True) / denom * dstd
-    return gc - xp.mean(gc, axis=-1, keepdims=True)
+    # a constant row squashes to 1/2 whatever its value: no gradient (not 1 / 1e-10)
+    return xp.where(std > 0, gc - xp.mean(gc, axis=-1, keepdims=True), xp.zeros_like(gc))
 
 
 def _target_weights(m: int, quantiles: tuple, width: float) -> list[float]:
@@ -251,6 +260,7 @@ def _prepare(x: Any, kind: str, m: Any, epsilon: Any, axis: Any, method: str, to
     """Validate the arguments shared by the three operators; ``extra``: quantile levels etc."""
     xp = namespace_of(x=x)
     axis = check_axis(axis, x.ndim)
+    check_nonempty(x)
     n = x.shape[axis]
     if n is None or n < 2:
         raise ValueError(f"x must have at least 2 entries along axis {axis}, got {n}")

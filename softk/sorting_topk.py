@@ -20,7 +20,7 @@ from array_api_compat import device
 
 from ._layout import from_rows, last_order, to_rows
 from ._op import CoreOp, differentiable
-from ._validate import check_axis, check_finite_values, check_int, check_positive_float, namespace_of
+from ._validate import check_axis, check_nonempty, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
 from ._xp import add_at_rows
 from ._ot.implicit import plan_vjp
@@ -164,6 +164,7 @@ def soft_topk_sorted(
     """
     xp = namespace_of(x=x)
     axis = check_axis(axis, x.ndim)
+    check_nonempty(x)
     n = x.shape[axis]
     if n is None or n < 2:
         raise ValueError(f"x must have at least 2 entries along axis {axis}, got {n}")

@@ -128,7 +128,7 @@ def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling
         r = online_solve(xp, x, y, log_a, log_b, epsilon, **kw)
     else:
         r = solve(xp, cost, log_a, log_b, epsilon, **kw)
-    f, g, n_iter = r.f, r.g, r.n_iter
+    (f, g), n_iter = _gauged(xp, r.f, r.g, log_a, log_b), r.n_iter
     error = measured_error(xp, arrays, names, f, g, epsilon)
     if method != "newton" and not online and values_known(xp, error) and float(error) > tol and int(n_iter) < max_iter:
         # the strategy's own estimate missed what the plan shows (a kernel entry underflowed or
@@ -137,12 +137,17 @@ def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling
         if not math.isfinite(rounding) or rounding > tol:  # potentials too large to be refined: start afresh
             f, g = xp.zeros_like(f), xp.zeros_like(g)
         r = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=INNER_TOL * tol, max_iter=max_iter - int(n_iter), check_every=check_every, init=(f, g))
-        f, g, n_iter = r.f, r.g, n_iter + r.n_iter
+        (f, g), n_iter = _gauged(xp, r.f, r.g, log_a, log_b), n_iter + r.n_iter
         error = measured_error(xp, arrays, names, f, g, epsilon)
-    shift = 0.5 * (xp.sum(xp.exp(log_b) * g, axis=-1) - xp.sum(xp.exp(log_a) * f, axis=-1))[..., None]
-    f, g = f + shift, g - shift
     warn_if_not_converged(xp, error <= tol, what, error=error, tol=tol, rounding=_rounding_floor(xp, f, g, epsilon))
-    return (f, g, error, xp.astype(n_iter, xp.int64 if _has_int64(xp) else xp.int32)), (f, g)
+    # the residuals are copies: an autograd Function must not save its own outputs as constants
+    return (f, g, error, xp.astype(n_iter, xp.int64 if _has_int64(xp) else xp.int32)), (xp.asarray(f, copy=True), xp.asarray(g, copy=True))
+
+
+def _gauged(xp: Any, f: Any, g: Any, log_a: Any, log_b: Any) -> tuple[Any, Any]:
+    """``(f + c, g - c)`` with ``<f, a> = <g, b>`` (the plan is unchanged)."""
+    shift = 0.5 * (xp.sum(xp.exp(log_b) * g, axis=-1) - xp.sum(xp.exp(log_a) * f, axis=-1))[..., None]
+    return f + shift, g - shift
 
 
 def measured_error(xp: Any, arrays: tuple, names: tuple, f: Any, g: Any, epsilon: float) -> Any:
