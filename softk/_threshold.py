@@ -6,7 +6,7 @@ selection of the k smallest (``sign = -1``: the k largest) is
 
     A_i = 1 / (1 + exp(sign * scale * (x_i - c) + tau)),   sum_i A_i = k,
 
-a sigmoid of the affine score ``s_i - t`` of methods.md section 2. ``sum A``
+a sigmoid of the affine score ``s_i - t`` of docs/maths.md section 2. ``sum A``
 is monotone in ``tau``, so a safeguarded Newton iteration (bracketed, with a
 bisection fallback) reaches machine precision in a handful of O(n) passes at
 any temperature.

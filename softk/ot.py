@@ -1,6 +1,6 @@
 """Entropic optimal transport as a public solver: :func:`sinkhorn` and friends.
 
-Problem (methods.md section 1), per leading batch index::
+Problem (docs/maths.md section 1), per leading batch index::
 
     W = min_{P 1 = a, P^T 1 = b} <P, C> + eps * sum_ij P_ij (log P_ij - log a_i b_j)
       = <f, a> + <g, b>,        P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps).

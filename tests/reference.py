@@ -6,7 +6,7 @@ import numpy as np
 
 
 def soft_topk_reference(x: np.ndarray, k: int, epsilon: float, largest: bool = True) -> np.ndarray:
-    """SOFT top-k of the last axis, straight from the definition (methods.md section 2).
+    """SOFT top-k of the last axis, straight from the definition (docs/maths.md section 2).
 
     Eliminating f from the two-anchor plan gives A_i = sigmoid((C_i1 - C_i0 - t) / eps);
     t is found by 200 bisection steps on the monotone sum(A) = k.

@@ -15,7 +15,7 @@ the product, the exponential and the sums.
 
 :func:`apply` gives ``P V``; :func:`apply_vjp` its VJP: ``P^T G`` for ``V``
 and, for the problem, the implicit VJP of the plan contracted with the rank-k
-cotangent ``G V^T`` (methods.md section 1) with matvecs only: one pass for the
+cotangent ``G V^T`` (docs/maths.md section 1) with matvecs only: one pass for the
 right-hand side, the Schur complement accumulated blockwise (at most
 ``SCHUR_MAX`` targets) or conjugate gradients with one pass per step, and one
 last pass for the gradients. :func:`value_vjp` is the gradient of the

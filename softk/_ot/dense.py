@@ -1,6 +1,6 @@
 """The dense log-domain strategy: batched Sinkhorn on a formed cost, and the bounded loop every traced solve runs.
 
-Problem (methods.md section 1), for each leading batch index::
+Problem (docs/maths.md section 1), for each leading batch index::
 
     min_P <P, C> + eps * sum_ij P_ij (log P_ij - log a_i b_j),  P 1 = a, P^T 1 = b,
 

@@ -1,7 +1,7 @@
 """The kernel strategy: epsilon scaling and absorption-stabilised kernel iterations (eager).
 
 Same problem, same stopping rule and same result as :func:`softk._ot.dense.sinkhorn_log`
-(methods.md section 1), at matrix-vector-product speed:
+(docs/maths.md section 1), at matrix-vector-product speed:
 
 * **Absorption.** The potentials ``(f, g)`` are folded into a kernel
   ``K_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)`` (its columns normalised to

@@ -1,6 +1,6 @@
 """Few-target entropic OT: Newton's method on the semi-dual, batched over leading dims.
 
-With ``m`` targets (a few dozen at most) the problem of methods.md section 1
+With ``m`` targets (a few dozen at most) the problem of docs/maths.md section 1
 reduces to ``m`` unknowns. Eliminating ``f`` gives the concave semi-dual::
 
     F(g) = <g, b> - eps * sum_i a_i LSE_j(log b_j + (g_j - C_ij) / eps),
