@@ -1,0 +1,338 @@
+"""Sparsity-constrained optimal transport (Liu, Puigcerver and Blondel, ICLR 2023).
+
+Primal, per leading batch index (docs/maths.md section 5)::
+
+    min <P, C> + (gamma / 2) ||P||^2   over P >= 0, P 1 = a, P^T 1 = b,
+                                       at most k nonzeros in each column of P.
+
+It is non-convex; its semi-dual (in ``alpha``) and dual (in ``alpha, beta``)
+are concave, and :mod:`softk.sparse_newton` maximises them by Newton's method.
+The plan is read off the dual variables: column ``j`` is ``b_j`` times the
+k-sparse simplex projection (:mod:`softk.sparse_projection`) of
+``(alpha - C[:, j]) / (gamma b_j)`` (semi-dual), or the top-k part of
+``[alpha + beta_j - C[:, j]]_+ / gamma`` (dual), so it has at most ``k``
+nonzeros per column exactly. ``k = 1`` is unregularised OT where a one-sparse
+plan exists, ``k = n`` quadratically regularised OT.
+
+Gradients (never through the solver's iterations):
+
+* objective: envelope theorem, ``dF/dC = P``, ``dF/da = alpha``, ``dF/db = beta``
+  (for the semi-dual ``beta_j = -gamma b_j tau_j``, ``tau_j`` the projection's
+  threshold: the equivalent dual variable);
+* plan: implicit differentiation of the marginal constraints with the support
+  of ``P`` held fixed, which is its derivative wherever the support is locally
+  constant (almost everywhere; the plan jumps where it changes). One
+  conjugate-gradient solve with the sparse Hessian of :mod:`softk.sparse_newton`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from array_api_compat import device
+
+from ._dispatch import glue_for, values_known
+from ._op import CoreOp, differentiable
+from ._validate import check_choice, check_finite_values, check_int, check_positive_float, namespace_of
+from ._warnings import warn_if_not_converged
+from .sparse_newton import Support, conjugate_gradients, evaluate, hessian_products, solve
+from .sparse_projection import scatter_last
+
+__all__ = ["sparse_ot", "SparseOTResult", "MarginalGapWarning", "sparse_ot_value", "sparse_ot_plan"]
+
+FORMULATIONS = ("semi-dual", "dual")
+GRAD_TOL = 1e-12  # relative residual of the plan VJP's conjugate-gradient solve
+
+
+@dataclass(frozen=True)
+class SparseOTResult:
+    """Result of :func:`sparse_ot`.
+
+    Attributes
+    ----------
+    plan : array (..., n, m)
+        At most ``k`` nonzeros per column; differentiable in ``cost, a, b``.
+    alpha, beta : arrays (..., n), (..., m)
+        Dual variables (no gradient); for the semi-dual ``beta`` is the equivalent dual variable.
+    objective : array (...,)
+        The (semi-)dual objective at the solution; differentiable (``dF/dC = plan``).
+    error : 0-d array
+        Marginal violation of ``plan``: ``||P 1 - a||_1 + ||P^T 1 - b||_1``, worst over the batch.
+    n_iter : 0-d array
+        Newton steps.
+    converged : 0-d bool array
+        Whether the relative marginal error reached ``tol``. When the solver instead stops
+        without ascent (the dual's maximiser is a kink, where the cardinality constraint
+        binds), ``converged`` is False, ``error`` is the gap and a :class:`MarginalGapWarning`
+        says so; running out of ``max_iter`` gives a :class:`softk.NotConvergedWarning`.
+    """
+
+    plan: Any
+    alpha: Any
+    beta: Any
+    objective: Any
+    error: Any
+    n_iter: Any
+    converged: Any
+
+
+def _solve(xp, cost, a, b, *, k, gamma, formulation, tol, max_iter):
+    """Solve, and pack ``(alpha, beta, error, n_iter, converged, stationary)`` along the last axis."""
+    ct = xp.matrix_transpose(cost)
+    n = cost.shape[-2]
+    sol = solve(xp, ct, a, b, k=k, gamma=gamma, dual=formulation == "dual", tol=tol, max_iter=max_iter)
+    beta = sol.beta if sol.beta is not None else _semidual_beta(xp, ct, sol.alpha, sol.mass, sol.idx, gamma)
+    rows = Support(xp, sol.idx, n).rowsum(sol.mass)
+    l1 = xp.sum(xp.abs(rows - a), axis=-1) + xp.sum(xp.abs(xp.sum(sol.mass, axis=-1) - b), axis=-1)
+    flags = [xp.max(xp.reshape(l1, (-1,))), sol.n_iter, sol.converged, sol.stationary]
+    extra = xp.broadcast_to(xp.stack([xp.astype(f, cost.dtype) for f in flags]), (*cost.shape[:-2], 4))
+    return xp.concat([sol.alpha, beta, extra], axis=-1)
+
+
+def _semidual_beta(xp, ct, alpha, mass, idx, gamma):
+    """``beta_j = mean over the support of (gamma P_ij - alpha_i + C_ij)`` (= ``-gamma b_j tau_j``)."""
+    weight = xp.astype(mass > 0.0, mass.dtype)
+    gap = gamma * mass - Support(xp, idx, alpha.shape[-1]).gather(alpha) + xp.take_along_axis(ct, idx, axis=-1)
+    return xp.sum(weight * gap, axis=-1) / xp.maximum(xp.sum(weight, axis=-1), xp.ones_like(gap[..., 0]))
+
+
+def _at(xp, cost, a, b, packed, k, gamma, formulation):
+    """Objective, plan entries ``mass`` (..., m, k) at rows ``idx`` and their positivity, at the solution."""
+    n, m = cost.shape[-2:]
+    dual = formulation == "dual"
+    x = packed[..., : n + m] if dual else packed[..., :n]
+    gam = xp.full(cost.shape[:-2], gamma, dtype=cost.dtype, device=device(cost))
+    a = xp.broadcast_to(a, (*cost.shape[:-2], n))
+    b = xp.broadcast_to(b, (*cost.shape[:-2], m))
+    objective, _, mass, idx, weight = evaluate(xp, xp.matrix_transpose(cost), a, b, x, gam, k, dual)
+    return objective, mass, idx, weight
+
+
+def _dense(xp, mass, idx, n):
+    """The plan ``(..., n, m)`` from its entries ``mass`` (..., m, k) at rows ``idx``."""
+    return xp.matrix_transpose(scatter_last(xp, mass, idx, n))
+
+
+def _stop(xp, arrays, residuals, cotangent, **_):
+    return (None,) * len(arrays)
+
+
+def _value_at(xp, cost, a, b, packed, *, k, gamma, formulation, **_):
+    objective, mass, idx, _ = _at(xp, cost, a, b, packed, k, gamma, formulation)
+    return objective, (mass, idx)
+
+
+def _value_at_vjp(xp, arrays, residuals, cotangent, *, k, gamma, formulation, **_):
+    cost, a, b, packed = arrays
+    mass, idx = residuals
+    n, m = cost.shape[-2:]
+    v = cotangent[..., None]
+    return (cotangent[..., None, None] * _dense(xp, mass, idx, n), v * packed[..., :n], v * packed[..., n : n + m], None)
+
+
+def _plan_at(xp, cost, a, b, packed, *, k, gamma, formulation, **_):
+    _, mass, idx, weight = _at(xp, cost, a, b, packed, k, gamma, formulation)
+    return _dense(xp, mass, idx, cost.shape[-2]), (idx, weight)
+
+
+def _plan_at_vjp(xp, arrays, residuals, cotangent, *, k, gamma, formulation, **_):
+    """Implicit VJP on the fixed support (module docstring); ``y`` solves the Hessian system."""
+    cost = arrays[0]
+    idx, weight = residuals
+    n, m = cost.shape[-2:]
+    dual = formulation == "dual"
+    support = Support(xp, idx, n)
+    gs = xp.take_along_axis(xp.matrix_transpose(cotangent), idx, axis=-1)  # G at the support, (..., m, k)
+    size = xp.maximum(xp.sum(weight, axis=-1, keepdims=True), xp.ones_like(weight[..., :1]))
+
+    def centred(t):
+        return weight * (t - xp.sum(weight * t, axis=-1, keepdims=True) / size)
+
+    matvec, diag = hessian_products(xp, support, weight, dual, n)
+    if dual:
+        rhs = xp.concat([support.rowsum(weight * gs), xp.sum(weight * gs, axis=-1)], axis=-1)
+    else:
+        rhs = support.rowsum(centred(gs))
+    scale = xp.maximum(xp.mean(diag, axis=-1), xp.ones_like(rhs[..., 0]))
+    y = conjugate_gradients(xp, matvec, diag, rhs, GRAD_TOL * scale, xp.full_like(rhs[..., 0], GRAD_TOL))
+    ya = y[..., :n]
+    if dual:
+        yb = y[..., n:]
+        grad_ct = weight * (support.gather(ya) + yb[..., None] - gs) / gamma
+    else:
+        ys = support.gather(ya)
+        grad_ct = centred(ys - gs) / gamma
+        yb = xp.sum(weight * (gs - ys), axis=-1) / size[..., 0]
+    grad_cost = _dense(xp, grad_ct, idx, n)
+    return grad_cost, ya, yb, None
+
+
+SOLVE = CoreOp("sparse_ot_solve", lambda xp, *arrays, **params: (_solve(xp, *arrays, **params), ()), _stop)
+VALUE_AT = CoreOp("sparse_ot_value", _value_at, _value_at_vjp)
+PLAN_AT = CoreOp("sparse_ot_plan", _plan_at, _plan_at_vjp)
+
+
+def _solving(name: str, at: CoreOp) -> CoreOp:
+    """``at`` with its own solve in front, for :func:`softk.vjp` (one op, gradients for every array)."""
+
+    def forward(xp, cost, a, b, **params):
+        packed = _solve(xp, cost, a, b, **params)
+        _warn(xp, packed)
+        out, residuals = at.forward(xp, cost, a, b, packed, **params)
+        return out, (packed, *residuals)
+
+    def backward(xp, arrays, residuals, cotangent, **params):
+        return at.backward(xp, (*arrays, residuals[0]), residuals[1:], cotangent, **params)[:3]
+
+    return CoreOp(name, forward, backward)
+
+
+VALUE = _solving("sparse_ot_value", VALUE_AT)
+PLAN = _solving("sparse_ot_plan", PLAN_AT)
+
+
+class MarginalGapWarning(RuntimeWarning):
+    """:func:`sparse_ot` maximised its dual at a kink: the cardinality constraint binds, and the
+    plan read off the dual variables violates the marginals (by ``error``)."""
+
+
+def _warn(xp, packed):
+    converged, stationary = (xp.reshape(packed[..., i], (-1,))[0] > 0.5 for i in (-2, -1))
+    warn_if_not_converged(xp, stationary, "sparse_ot")
+    glue_for(xp).on_false(xp.logical_or(converged, xp.logical_not(stationary)), _gap)
+
+
+def _gap():
+    warnings.warn(
+        "sparse_ot: the dual is maximised at a kink (the k-nonzeros constraint binds), so the plan "
+        "violates the marginals; see result.error (raise k or lower gamma to close the gap)",
+        MarginalGapWarning,
+        stacklevel=3,
+    )
+
+
+def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, formulation: str = "semi-dual", tol: float | None = None, max_iter: int = 1000) -> SparseOTResult:
+    """Optimal transport with quadratic regularisation and at most ``k`` nonzeros per column.
+
+    ``min <P, C> + (gamma / 2) ||P||^2`` over couplings of ``a`` and ``b`` whose
+    columns have at most ``k`` nonzeros, through its concave ``formulation``
+    (``"semi-dual"`` in ``alpha``, columns exact; or ``"dual"`` in ``alpha, beta``),
+    maximised by semismooth Newton (:mod:`softk.sparse_newton`).
+
+    Parameters
+    ----------
+    cost : array (..., n, m)
+        Cost matrix; leading dimensions are batch dimensions.
+    a, b : arrays (..., n), (..., m), optional
+        Positive marginals with equal totals (not renormalised); uniform ``1/n``, ``1/m`` when omitted.
+    k : int
+        Nonzeros allowed per column, ``1 <= k <= n``.
+    gamma : float
+        Regularisation (> 0), as POT's ``reg``.
+    formulation : {"semi-dual", "dual"}
+    tol : float, optional
+        Stop when ``max_i |(P 1)_i - a_i| / a_i <= tol`` (and the columns' for the dual);
+        default 1e-9 in float64, 1e-4 in float32.
+    max_iter : int
+        Newton steps; a :class:`softk.NotConvergedWarning` says when they run out.
+
+    Returns
+    -------
+    SparseOTResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from softk.sparse_ot import sparse_ot
+    >>> C = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]])
+    >>> r = sparse_ot(C, k=1, gamma=0.1)
+    >>> (r.plan * 3).round(6).tolist(), bool(r.converged)
+    ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], True)
+    """
+    arrays, params = _prepare(cost, a, b, k, gamma, formulation, tol, max_iter)
+    xp = namespace_of(cost=arrays[0])
+    packed = SOLVE.bind(*arrays, **params)
+    _warn(xp, packed)
+    n, m = arrays[0].shape[-2:]
+    scalars = xp.reshape(packed[..., n + m :], (-1, 4))[0, :]
+    return SparseOTResult(
+        plan=PLAN_AT.bind(*arrays, packed, **params),
+        alpha=packed[..., :n],
+        beta=packed[..., n : n + m],
+        objective=VALUE_AT.bind(*arrays, packed, **params),
+        error=scalars[0],
+        n_iter=xp.astype(scalars[1], xp.int64),
+        converged=scalars[2] > 0.5,
+    )
+
+
+@differentiable(VALUE)
+def sparse_ot_value(cost, a=None, b=None, *, k, gamma, formulation="semi-dual", tol=None, max_iter=1000):
+    """The objective alone, ``sparse_ot(...).objective`` as one operator (for :func:`softk.vjp`).
+
+    The pullback returns gradients for ``cost, a, b`` (``P``, ``alpha``, ``beta`` times the cotangent).
+
+    >>> import numpy as np, softk
+    >>> from softk.sparse_ot import sparse_ot_value
+    >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
+    >>> value, pullback = softk.vjp(sparse_ot_value, C, k=1, gamma=0.1)
+    >>> pullback(np.ones(()))[0].round(6).tolist()   # dF/dC = P
+    [[0.5, 0.0], [0.0, 0.5]]
+    """
+    return _prepare(cost, a, b, k, gamma, formulation, tol, max_iter)
+
+
+@differentiable(PLAN)
+def sparse_ot_plan(cost, a=None, b=None, *, k, gamma, formulation="semi-dual", tol=None, max_iter=1000):
+    """The plan alone, ``sparse_ot(...).plan`` as one operator (for :func:`softk.vjp`).
+
+    >>> import numpy as np
+    >>> from softk.sparse_ot import sparse_ot_plan
+    >>> sparse_ot_plan(np.array([[0.0, 1.0], [1.0, 0.0]]), k=2, gamma=0.1).round(6).tolist()
+    [[0.5, 0.0], [0.0, 0.5]]
+    """
+    return _prepare(cost, a, b, k, gamma, formulation, tol, max_iter)
+
+
+def _prepare(cost, a, b, k, gamma, formulation, tol, max_iter):
+    """Validate; return ``((cost, a, b), params)`` with the default weights formed."""
+    weights = {name: w for name, w in (("a", a), ("b", b)) if w is not None}
+    xp = namespace_of(cost=cost, **weights)
+    if cost.ndim < 2:
+        raise ValueError(f"cost must have shape (..., n, m), got {tuple(cost.shape)}")
+    n, m = cost.shape[-2:]
+    if n < 1 or m < 1:
+        raise ValueError(f"cost must have at least one row and one column, got shape {tuple(cost.shape)}")
+    check_finite_values(xp, "cost", cost)
+    dtype, dev = cost.dtype, device(cost)
+    batch = cost.shape[:-2]
+    out = []
+    for name, w, size in (("a", a, n), ("b", b, m)):
+        if w is None:
+            w = xp.full((size,), 1.0 / size, dtype=dtype, device=dev)
+        elif w.ndim < 1 or w.shape[-1] != size:
+            raise ValueError(f"{name} must have shape (..., {size}) to match the cost, got {tuple(w.shape)}")
+        else:
+            check_finite_values(xp, name, w)
+            if w.dtype != dtype:
+                raise TypeError(f"{name} must have the cost's dtype {dtype}, got {w.dtype}")
+            if values_known(xp, w) and not bool(xp.all(w > 0)):
+                raise ValueError(f"{name} must be positive (drop points with zero weight)")
+        out.append(xp.broadcast_to(w, (*batch, size)))
+    a, b = out
+    if values_known(xp, a) and values_known(xp, b):
+        ta, tb = xp.sum(a, axis=-1), xp.sum(b, axis=-1)
+        if bool(xp.any(xp.abs(ta - tb) > 1e-6 * xp.abs(ta))):
+            raise ValueError("a and b must have equal totals (sum(a) == sum(b)): the plan would be infeasible")
+    if tol is None:
+        tol = 1e-4 if xp.finfo(dtype).bits <= 32 else 1e-9
+    params = dict(
+        k=check_int("k", k, 1, n),
+        gamma=check_positive_float("gamma", gamma),
+        formulation=check_choice("formulation", formulation, FORMULATIONS),
+        tol=check_positive_float("tol", tol),
+        max_iter=check_int("max_iter", max_iter, 1, 10**9),
+    )
+    return (cost, a, b), params

@@ -1,0 +1,223 @@
+"""Sparsity-constrained OT: the k-sparse projection, the Newton solver, gradients, POT oracles."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+from conftest import Op, central_difference
+
+import softk
+from softk.sparse_newton import evaluate
+from softk.sparse_ot import MarginalGapWarning, sparse_ot, sparse_ot_plan, sparse_ot_value
+from softk.sparse_projection import sparse_simplex_projection
+
+FORMULATIONS = ["semi-dual", "dual"]
+
+
+def _no_jax(backend, strict=False):
+    """JAX compiles the whole solver per shape (~20 s here): it is covered once, in
+    ``test_jax_jit_and_torch_autograd``; array-api-strict is slow for the 2 n m solves of a
+    finite-difference check (its solver path is the NumPy one, tested elsewhere)."""
+    if backend.name == "jax" or (strict and backend.name == "array_api_strict"):
+        pytest.skip("covered by the NumPy path and test_jax_jit_and_torch_autograd")
+
+
+def _cost(rng, n=7, m=6, batch=()):
+    x, y = rng.normal(size=(*batch, n, 2)), rng.normal(size=(*batch, m, 2)) + 0.5
+    c = ((x[..., :, None, :] - y[..., None, :, :]) ** 2).sum(-1)
+    return c / c.max()
+
+
+def _simplex(v):
+    u = np.sort(v)[::-1]
+    cums = np.cumsum(u)
+    rho = np.nonzero(u * np.arange(1, len(v) + 1) > cums - 1)[0][-1]
+    return np.maximum(v - (cums[rho] - 1) / (rho + 1), 0)
+
+
+def test_projection_is_the_best_k_sparse_point(rng):
+    for _ in range(20):
+        x, k = rng.normal(size=6), int(rng.integers(1, 6))
+        p = sparse_simplex_projection(x, k)
+        best = min(
+            (np.sum((q - x) ** 2), tuple(q))
+            for s in itertools.combinations(range(6), k)
+            for q in [np.zeros(6)]
+            if not q.__setitem__(list(s), _simplex(x[list(s)]))
+        )
+        assert np.count_nonzero(p) <= k and abs(p.sum() - 1) < 1e-12
+        assert np.sum((p - x) ** 2) <= best[0] + 1e-12
+
+
+def test_projection_on_every_backend(backend, rng):
+    x = rng.normal(size=(3, 8))
+    out = backend.to_numpy(sparse_simplex_projection(backend.asarray(x, "float64"), 3))
+    np.testing.assert_allclose(out, np.stack([sparse_simplex_projection(r, 3) for r in x]), atol=1e-14)
+    assert (np.count_nonzero(out, axis=-1) <= 3).all()
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_plan_is_feasible_and_k_sparse(backend, rng, formulation):
+    _no_jax(backend)
+    c = _cost(rng, batch=(2,))
+    r = sparse_ot(backend.asarray(c, "float64"), k=2, gamma=0.05, formulation=formulation)
+    plan = backend.to_numpy(r.plan)
+    assert bool(r.converged) and float(r.error) < 1e-8
+    np.testing.assert_allclose(plan.sum(-1), 1 / 7, atol=1e-9)
+    np.testing.assert_allclose(plan.sum(-2), 1 / 6, atol=1e-9)
+    assert (np.count_nonzero(plan, axis=-2) <= 2).all() and (plan >= 0).all()
+    single = sparse_ot(c[1], k=2, gamma=0.05, formulation=formulation)  # batching = one solve per entry
+    np.testing.assert_allclose(plan[1], single.plan, atol=1e-9)
+    np.testing.assert_allclose(backend.to_numpy(r.objective)[1], single.objective, atol=1e-12)
+
+
+def _pot(formulation, c, k, gamma):
+    ot = pytest.importorskip("ot")
+    fn = ot.smooth.smooth_ot_semi_dual if formulation == "semi-dual" else ot.smooth.smooth_ot_dual
+    n, m = c.shape
+    with contextlib.redirect_stdout(io.StringIO()):  # POT 0.9.7 prints shapes from its top-k
+        plan, log = fn(np.full(n, 1 / n), np.full(m, 1 / m), c, gamma, reg_type="sparsity_constrained", max_nz=k, stopThr=1e-14, numItermax=5000, log=True)
+    x = log["alpha"] if formulation == "semi-dual" else np.concatenate([log["alpha"], log["beta"]])
+    objective = evaluate(np, c.T, np.full(n, 1 / n), np.full(m, 1 / m), x, np.asarray(gamma), k, formulation == "dual")[0]
+    return plan, objective
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_against_pot_where_the_marginals_are_met(rng, formulation):
+    c, k, gamma = _cost(rng, 6, 5), 2, 0.05
+    theirs, objective = _pot(formulation, c, k, gamma)
+    ours = sparse_ot(c, k=k, gamma=gamma, formulation=formulation)
+    assert np.array_equal(ours.plan > 0, theirs > 1e-9)
+    np.testing.assert_allclose(ours.plan, theirs, atol=1e-6)
+    assert float(ours.objective) >= objective - 1e-12
+    assert float(ours.error) < 1e-8 < np.abs(theirs.sum(1) - 1 / 6).sum()
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_against_pot_where_the_constraint_binds(rng, formulation):
+    c, k, gamma = _cost(rng, 6, 5), 2, 0.5
+    _, objective = _pot(formulation, c, k, gamma)
+    with pytest.warns(MarginalGapWarning, match="kink"):
+        ours = sparse_ot(c, k=k, gamma=gamma, formulation=formulation)
+    assert float(ours.objective) >= objective - 1e-12  # the dual is maximised at least as well
+    assert not bool(ours.converged) and float(ours.error) > 0.1
+    assert (np.count_nonzero(ours.plan, axis=0) <= k).all()
+
+
+def test_k1_is_exact_ot(rng):
+    ot = pytest.importorskip("ot")
+    c = _cost(rng, 6, 6)
+    exact = ot.emd(np.full(6, 1 / 6), np.full(6, 1 / 6), c)
+    for formulation in FORMULATIONS:
+        np.testing.assert_allclose(sparse_ot(c, k=1, gamma=1e-3, formulation=formulation).plan, exact, atol=1e-12)
+
+
+def test_large_k_is_quadratic_ot(rng):
+    ot = pytest.importorskip("ot")
+    c = _cost(rng, 6, 5)
+    with contextlib.redirect_stdout(io.StringIO()):
+        quad = ot.smooth.smooth_ot_semi_dual(np.full(6, 1 / 6), np.full(5, 1 / 5), c, 2.0, reg_type="l2", stopThr=1e-14, numItermax=5000)
+    r = sparse_ot(c, k=6, gamma=2.0)
+    assert np.count_nonzero(r.plan, axis=0).max() > 2  # the constraint is inactive
+    np.testing.assert_allclose(r.plan, quad, atol=1e-6)
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_objective_gradient(backend, rng, formulation):
+    _no_jax(backend, strict=True)
+    c = _cost(rng, 4, 3)
+    op = Op(sparse_ot_value, k=2, gamma=0.15, formulation=formulation)
+    value, grad = backend.value_and_grad(op, backend.asarray(c, "float64"), backend.asarray(np.ones(()), "float64"))
+    plan = sparse_ot(c, k=2, gamma=0.15, formulation=formulation).plan
+    np.testing.assert_allclose(backend.to_numpy(grad), plan, atol=1e-9)  # dF/dC = P
+    np.testing.assert_allclose(backend.to_numpy(grad), central_difference(backend, op, c, np.ones(())), atol=1e-6)
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_plan_gradient(backend, rng, formulation):
+    _no_jax(backend, strict=True)
+    c = _cost(rng, 4, 3)
+    v = rng.normal(size=(4, 3))
+    op = Op(sparse_ot_plan, k=2, gamma=0.15, formulation=formulation)
+    _, grad = backend.value_and_grad(op, backend.asarray(c, "float64"), backend.asarray(v, "float64"))
+    np.testing.assert_allclose(backend.to_numpy(grad), central_difference(backend, op, c, v), atol=1e-6)
+
+
+def test_weights_and_their_gradients(rng):
+    c = _cost(rng, 5, 4)
+    a, b = rng.uniform(0.5, 1.5, 5), rng.uniform(0.5, 1.5, 4)
+    a, b = a / a.sum(), b / b.sum()
+    r = sparse_ot(c, a, b, k=2, gamma=0.05)
+    np.testing.assert_allclose(r.plan.sum(1), a, atol=1e-10)
+    np.testing.assert_allclose(r.plan.sum(0), b, atol=1e-12)
+    _, pullback = softk.vjp(sparse_ot_value, c, a, b, k=2, gamma=0.05)
+    _, ga, gb = pullback(np.ones(()))
+    # along a direction that keeps the totals equal, the pullback is the derivative
+    da, db = rng.normal(size=5), rng.normal(size=4)
+    da, db = da - da.mean(), db - db.mean()
+    h = 1e-6
+    fd = (sparse_ot(c, a + h * da, b + h * db, k=2, gamma=0.05).objective - sparse_ot(c, a - h * da, b - h * db, k=2, gamma=0.05).objective) / (2 * h)
+    assert abs(fd - (ga @ da + gb @ db)) < 1e-6
+
+
+def test_jax_jit_and_torch_autograd(rng):
+    jax = pytest.importorskip("jax")
+    torch = pytest.importorskip("torch")
+    c = _cost(rng, 6, 5)
+    ref = sparse_ot(c, k=2, gamma=0.05)
+
+    def objective(x):
+        r = sparse_ot(x, k=2, gamma=0.05)
+        return r.objective, r.plan
+
+    (value, plan), grad = jax.jit(jax.value_and_grad(objective, has_aux=True))(jax.numpy.asarray(c))
+    np.testing.assert_allclose(np.asarray(plan), ref.plan, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(grad), ref.plan, atol=1e-10)  # one compile: jit(grad) of the objective
+    t = torch.tensor(c, requires_grad=True)
+    sparse_ot(t, k=2, gamma=0.05).objective.backward()
+    np.testing.assert_allclose(t.grad.numpy(), ref.plan, atol=1e-10)
+
+
+def test_float32(backend, rng):
+    _no_jax(backend)
+    r = sparse_ot(backend.asarray(_cost(rng), "float32"), k=3, gamma=0.05)
+    assert bool(r.converged) and float(r.error) < 1e-4 and r.plan.dtype == backend.dtype("float32")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(k=0, gamma=0.1), "k must satisfy"),
+        (dict(k=8, gamma=0.1), "k must satisfy"),
+        (dict(k=2, gamma=0.0), "gamma must be"),
+        (dict(k=2, gamma=0.1, formulation="primal"), "formulation"),
+    ],
+)
+def test_bad_arguments(rng, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sparse_ot(_cost(rng), **kwargs)
+
+
+def test_bad_arrays(rng):
+    c = _cost(rng)
+    with pytest.raises(ValueError, match="cost contains NaN"):
+        sparse_ot(np.where(c > 0.5, np.nan, c), k=2, gamma=0.1)
+    with pytest.raises(ValueError, match="equal totals"):
+        sparse_ot(c, np.ones(7), np.ones(6), k=2, gamma=0.1)
+    with pytest.raises(ValueError, match="a must be positive"):
+        sparse_ot(c, np.zeros(7), k=2, gamma=0.1)
+    with pytest.raises(TypeError, match="cost must"):
+        sparse_ot(c.tolist(), k=2, gamma=0.1)
+
+
+def test_not_converged_warns(rng):
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with pytest.warns(softk.NotConvergedWarning, match="sparse_ot"):
+            r = sparse_ot(_cost(rng, 30, 30), k=2, gamma=1e-3, max_iter=1)
+    assert not bool(r.converged)
