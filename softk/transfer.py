@@ -88,21 +88,26 @@ def _forward(xp, student, teacher, *, epsilon, normalize, debias, tol, max_iter,
     s, rs = _normalise(xp, student, normalize)
     t, rt = _normalise(xp, teacher, normalize)
     value, plan = _solve(xp, s, t, epsilon, tol, max_iter, scaling)
-    residuals = [s, t, plan, *(r for r in (rs, rt) if r is not None)]
+    residuals = [plan]
     if debias:
         w_ss, p_ss = _solve(xp, s, s, epsilon, tol, max_iter, scaling)
         w_tt, p_tt = _solve(xp, t, t, epsilon, tol, max_iter, scaling)
         value = value - 0.5 * (w_ss + w_tt)
         residuals += [p_ss, p_tt]
+    if normalize != "none":  # else s, t are the inputs, which the backward receives anyway
+        residuals += [s, t]
+    if normalize == "standardize":
+        residuals += [rs, rt]
     return value, tuple(residuals)
 
 
 def _backward(xp, arrays, residuals, cotangent, *, epsilon, normalize, debias, tol, max_iter, scaling):
-    s, t, plan = residuals[:3]
-    rs, rt = residuals[3:5] if normalize == "standardize" else (None, None)
+    plan, rest = residuals[0], list(residuals[1:])
+    p_ss, p_tt = (rest.pop(0), rest.pop(0)) if debias else (None, None)
+    s, t = (rest.pop(0), rest.pop(0)) if normalize != "none" else arrays
+    rs, rt = rest if normalize == "standardize" else (None, None)
     p, q = s.shape[-1], t.shape[-1]
     if debias:
-        p_ss, p_tt = residuals[-2:]
         # the a s_i terms of W(s, t) and W(s, s) / 2 cancel
         grad_s = s @ (p_ss + _mT(xp, p_ss)) - 2.0 * (t @ _mT(xp, plan))
         grad_t = t @ (p_tt + _mT(xp, p_tt)) - 2.0 * (s @ plan)
