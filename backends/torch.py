@@ -4,6 +4,14 @@ The Function works with ``torch.autograd.gradcheck``, ``torch.func`` transforms
 (its ``vmap`` rule moves the mapped dimension to the front: every core op
 treats leading dimensions as batch) and ``torch.compile`` (the solver loop is
 data-dependent, so it runs as a graph break around compiled code).
+
+Second derivatives: when the backward runs with autograd recording
+(``create_graph=True``, ``gradgradcheck``, ``torch.autograd.functional.hessian``)
+and the op can rebuild its residuals from its inputs and its (saved,
+differentiable) output (``op.residuals``), the core backward runs on them with
+autograd on, so it is itself differentiated exactly. Other ops refuse double
+backward with a clear error (``once_differentiable``) instead of treating their
+residuals as constants.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ class _CoreFunction(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         op, params, *arrays = inputs
         ctx.op, ctx.params, ctx.n_arrays = op, params, len(arrays)
-        ctx.save_for_backward(*arrays, *output[op.n_out :])
+        ctx.save_for_backward(*arrays, *output[op.n_out :], *output[: op.n_out])
         exact = [t for t in output[: op.n_out] if not t.is_floating_point()]  # counters and flags
         ctx.mark_non_differentiable(*output[op.n_out :], *exact)
         ctx.set_materialize_grads(False)  # no zero-filled cotangents for the residual outputs
@@ -40,10 +48,15 @@ class _CoreFunction(torch.autograd.Function):
         if all(c is None for c in cotangents):
             return (None,) * (2 + ctx.n_arrays)
         saved = ctx.saved_tensors
-        arrays, residuals = saved[: ctx.n_arrays], saved[ctx.n_arrays :]
-        cotangent = cotangents if ctx.op.n_out > 1 else cotangents[0]
-        grads = ctx.op.backward(xp, arrays, residuals, cotangent, **ctx.params)
-        return (None, None, *grads)
+        n_arrays, n_out = ctx.n_arrays, ctx.op.n_out
+        arrays, residuals, outs = saved[:n_arrays], saved[n_arrays:-n_out], saved[-n_out:]
+        cotangent = cotangents if n_out > 1 else cotangents[0]
+        rebuild = getattr(ctx.op, "residuals", None)
+        if torch.is_grad_enabled() and rebuild is not None:  # a second derivative is being recorded
+            rebuilt = rebuild(xp, arrays, outs if n_out > 1 else outs[0], **ctx.params)
+            if rebuilt is not None:
+                return (None, None, *ctx.op.backward(xp, arrays, rebuilt, cotangent, **ctx.params))
+        return _first_order(ctx, arrays, residuals, cotangent)
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple, op: Any, params: dict, *arrays: torch.Tensor) -> tuple:
@@ -53,6 +66,38 @@ class _CoreFunction(torch.autograd.Function):
         ]
         outs = _CoreFunction.apply(op, params, *front)
         return outs, (0,) * len(outs)
+
+
+def _first_order(ctx: Any, arrays: tuple, residuals: tuple, cotangent: Any) -> tuple:
+    """The core backward with the residuals as saved; differentiating it again raises."""
+    recording = torch.is_grad_enabled()
+    with torch.no_grad():
+        grads = ctx.op.backward(xp, arrays, residuals, cotangent, **ctx.params)
+    if recording:  # tie each gradient to the inputs, so differentiating it reaches the error
+        cots = cotangent if isinstance(cotangent, tuple) else (cotangent,)
+        ties = tuple(t for t in (*arrays, *cots) if t is not None)
+        grads = tuple(g if g is None else _NoSecondDerivative.apply(ctx.op.name, g, *ties) for g in grads)
+    return (None, None, *grads)
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """Identity on a first derivative that the op cannot differentiate again: a clear error
+    instead of a second derivative computed with its residuals as constants."""
+
+    @staticmethod
+    def forward(name: str, grad: torch.Tensor, *ties: torch.Tensor) -> torch.Tensor:
+        return grad.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        ctx.name = inputs[0]
+
+    @staticmethod
+    def backward(ctx: Any, *_: torch.Tensor) -> tuple:
+        raise RuntimeError(
+            f"softk.{ctx.name} has no second derivative on PyTorch (double backward, create_graph=True, "
+            "hessian): its backward is not differentiable yet. Use JAX's jax.hessian, or differentiate once."
+        )
 
 
 def apply(op: Any, arrays: tuple, params: dict) -> Any:

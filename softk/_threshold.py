@@ -34,7 +34,7 @@ from array_api_compat import device as _dev
 from ._dispatch import while_loop
 from ._xp import into, normal_exponent, top_values
 
-__all__ = ["soft_select", "hard_select", "hard_epsilon", "ThresholdResult"]
+__all__ = ["soft_select", "hard_select", "first_k", "hard_epsilon", "ThresholdResult"]
 
 MAX_NEWTON = 100
 MAX_RECENTRE = 8
@@ -65,6 +65,23 @@ def hard_select(xp: Any, x: Any, k: int, *, largest: bool) -> Any:
     n_tied = xp.sum(xp.astype(tied, x.dtype), axis=-1, keepdims=True)
     share = (k - n_better) / n_tied
     return xp.where(better, xp.ones_like(x), xp.where(tied, share, xp.zeros_like(x)))
+
+
+def first_k(xp: Any, x: Any, k: int, *, largest: bool) -> Any:
+    """The hard top-k mask with ties to the lowest index (``torch.topk``'s and ``lax.top_k``'s
+    rule): exactly ``k`` ones per row, in O(n) after the partial sort.
+
+    >>> import numpy as np
+    >>> first_k(np, np.array([3.0, 1.0, 3.0, 0.0]), 1, largest=True).tolist()
+    [1.0, 0.0, 0.0, 0.0]
+    """
+    best, _ = top_values(xp, x, k, largest=largest)
+    kth = best[..., k - 1 : k]
+    better = x > kth if largest else x < kth
+    tied = xp.astype(x == kth, x.dtype)
+    room = k - xp.sum(xp.astype(better, x.dtype), axis=-1, keepdims=True)
+    first_tied = (tied > 0) & (xp.cumulative_sum(tied, axis=-1) <= room)
+    return xp.astype(better | first_tied, x.dtype)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ Neither unrolls iterations: memory is O(n) per row.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 from array_api_compat import device
 
@@ -35,11 +36,37 @@ from ._xp import add_at_rows, into
 from ._ot.dense import sinkhorn_log
 from ._ot.implicit import plan_vjp
 from ._ot.plan import plan_from_potentials
-from ._threshold import hard_epsilon, hard_select, soft_select
+from ._threshold import first_k, hard_epsilon, hard_select, soft_select
 
-__all__ = ["soft_topk"]
+__all__ = ["soft_topk", "SecondOrderOp", "check_static_epsilon"]
 
 METHODS = ("exact", "sinkhorn")
+SCALES = ("paper", "scores")
+
+
+@dataclass(frozen=True, eq=False)
+class SecondOrderOp(CoreOp):
+    """A :class:`~softk._op.CoreOp` whose backward the framework may differentiate again.
+
+    ``residuals(xp, arrays, out, **params)`` rebuilds the forward's residuals from
+    the inputs and the output with differentiable array operations (or returns
+    ``None`` when it cannot); the glue calls it, then ``backward``, with its
+    autograd recording when a second derivative is asked for (PyTorch's
+    ``create_graph=True``). Ops without it refuse double backward.
+    """
+
+    residuals: Optional[Callable[..., Any]] = None
+
+
+def check_static_epsilon(epsilon: Any) -> float:
+    """``epsilon`` as a positive Python float; a tensor requiring a gradient is refused by name
+    (its gradient would be silently dropped: epsilon is a static parameter)."""
+    if getattr(epsilon, "requires_grad", False):
+        raise TypeError(
+            "epsilon must be a Python float: softk has no gradient with respect to epsilon, "
+            "and a tensor requiring grad would have its gradient silently dropped (pass float(epsilon))"
+        )
+    return check_positive_float("epsilon", epsilon)
 
 
 def _range(xp: Any, x: Any, largest: bool) -> tuple[Any, Any]:
@@ -86,12 +113,32 @@ def _anchor_log_weights(xp: Any, y: Any, k: int) -> tuple[Any, Any]:
     return log_a, xp.broadcast_to(log_b, (*y.shape[:-1], 2))
 
 
-def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
+def _normaliser(xp, rows, largest, scale):
+    """``(R, upper)`` of :func:`_range` for the paper's ``M = R^2``; for ``scale="scores"``
+    ``M = 2`` (``R = sqrt 2``), a constant: the sigmoid's argument is then ``(x_i - t) / eps``."""
+    if scale == "paper":
+        return _range(xp, rows, largest)
+    return xp.full_like(rows[..., :1], math.sqrt(2.0)), None
+
+
+def _centred(xp, y, scale):
+    """``y`` shifted so its range is centred on 0 for ``scale="scores"`` (the plan does not change:
+    the shift only adds row and column constants to the cost)."""
+    if scale == "paper":
+        return y
+    return y - 0.5 * (xp.max(y, axis=-1, keepdims=True) + xp.min(y, axis=-1, keepdims=True))
+
+
+def _is_hard(xp, dtype, epsilon, scale):
+    return scale == "paper" and epsilon < hard_epsilon(xp, dtype)
+
+
+def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter, scale, straight_through):
     rows = to_rows(xp, x, axis)
-    radius, upper = _range(xp, rows, largest)
+    radius, upper = _normaliser(xp, rows, largest, scale)
     m = radius * radius
     top_index = None
-    if epsilon < hard_epsilon(xp, rows.dtype):  # the limit: the hard mask, zero gradient
+    if _is_hard(xp, rows.dtype, epsilon, scale):  # the limit: the hard mask, zero gradient
         indicator = hard_select(xp, rows, k, largest=largest)
         residual = xp.zeros_like(indicator)
     elif method == "exact":
@@ -99,25 +146,48 @@ def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter):
         indicator, residual, top_index = result.indicator, result.sensitivity, result.top_index
         warn_if_not_converged(xp, result.converged, "soft_topk's threshold solver")
     else:
-        y = -rows if largest else rows
+        y = _centred(xp, -rows if largest else rows, scale)
         cost = _anchor_cost(xp, y, m)
         log_a, log_b = _anchor_log_weights(xp, y, k)
         result = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter)
         warn_if_not_converged(xp, result.converged, "soft_topk's Sinkhorn solver")
         plan = plan_from_potentials(xp, cost, log_a, log_b, result.f, result.g, epsilon)
         indicator, residual = y.shape[-1] * plan[..., 0], plan
+    if straight_through:  # the forward is the hard mask, the gradient the soft one
+        indicator = first_k(xp, rows, k, largest=largest)
+    if scale == "scores":
+        return from_rows(xp, indicator, axis, x.dtype), (residual, radius)
     row_sign, index = _extreme(xp, rows, largest, upper, top_index)
     return from_rows(xp, indicator, axis, x.dtype), (residual, radius, row_sign, index)
 
 
-def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, method, tol, max_iter):
+def _residuals(xp, arrays, out, *, k, epsilon, largest, axis, method, tol, max_iter, scale, straight_through):
+    """The residuals as differentiable functions of ``x`` and the (soft) output, for second
+    derivatives; ``None`` where the output does not determine them (straight-through)."""
+    if straight_through:
+        return None
     (x,) = arrays
-    residual, radius, row_sign, index = residuals
+    rows, a = to_rows(xp, x, axis), to_rows(xp, out, axis)
+    radius, upper = _normaliser(xp, rows, largest, scale)
+    if _is_hard(xp, rows.dtype, epsilon, scale):
+        residual = xp.zeros_like(a)
+    elif method == "exact":
+        residual = a * (1.0 - a)
+    else:  # two anchors: the plan's rows are (A, 1 - A) / n
+        residual = xp.stack([a, 1.0 - a], axis=-1) / a.shape[-1]
+    if scale == "scores":
+        return residual, radius
+    return (residual, radius, *_extreme(xp, rows, largest, upper, None))
+
+
+def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, method, tol, max_iter, scale, straight_through):
+    (x,) = arrays
+    residual, radius = residuals[:2]
     rows = to_rows(xp, x, axis)
     v = to_rows(xp, cotangent, axis)
     m = radius * radius
     sign = -1.0 if largest else 1.0  # y = sign * x is the smallest-k problem
-    if method == "exact" or epsilon < hard_epsilon(xp, rows.dtype):
+    if method == "exact" or _is_hard(xp, rows.dtype, epsilon, scale):
         # A_i = sigmoid((s_i - t) / eps), s_i = (1 - 2 y_i) / M, t fixed by sum(A) = k.
         # One allocation (the gradient), in-place passes over it for the four row sums.
         d = residual  # A (1 - A)
@@ -135,17 +205,20 @@ def _backward(xp, arrays, residuals, cotangent, *, k, epsilon, largest, axis, me
         grad *= (-2.0 * sign) / (m * epsilon)
     else:
         plan = residual
-        y = -rows if largest else rows
+        y = _centred(xp, -rows if largest else rows, scale)
         cot = xp.stack([y.shape[-1] * v, xp.zeros_like(v)], axis=-1)
         grad_c = plan_vjp(xp, plan, cot, epsilon)
         grad = (2.0 * sign) * (grad_c[..., 0] * y + grad_c[..., 1] * (y - 1.0)) / m
         grad_m = -xp.sum(grad_c * _anchor_cost(xp, y, m), axis=(-2, -1))[..., None] / m
+    if scale == "scores":  # M = 2 is a constant
+        return (from_rows(xp, grad, axis, x.dtype),)
     # the gradient through M = R^2 goes to the extreme entry: dM/dx = 2 R dR/dx there
+    row_sign, index = residuals[2:]
     grad = add_at_rows(xp, grad, index, (2.0 * radius * grad_m * row_sign)[..., 0])
     return (from_rows(xp, grad, axis, x.dtype),)
 
 
-SOFT_TOPK = CoreOp("soft_topk", _forward, _backward)
+SOFT_TOPK = SecondOrderOp("soft_topk", _forward, _backward, residuals=_residuals)
 
 
 @differentiable(SOFT_TOPK)
@@ -159,6 +232,8 @@ def soft_topk(
     method: str = "exact",
     tol: float = 1e-6,
     max_iter: int = 10_000,
+    scale: str = "paper",
+    straight_through: bool = False,
 ) -> Any:
     """Soft top-k indicator along ``axis``: values in [0, 1] summing to ``k``.
 
@@ -174,10 +249,12 @@ def soft_topk(
     k : int
         Number of entries to select, ``1 <= k < n`` with ``n = x.shape[axis]``.
     epsilon : float
-        Entropic regularisation, relative to the normalised cost (in (0, 1]: the
-        paper's scale). A static parameter (not traced under ``jax.jit``). Below
-        ``ulp / 16`` of the dtype (7e-9 in float32, 1.4e-17 in float64) the result
-        is the limit, the hard mask (ties share the last places), with a zero gradient.
+        Entropic regularisation, in the units ``scale`` says. A static Python
+        float (not traced under ``jax.jit``; a tensor requiring a gradient is
+        refused: there is no gradient with respect to ``epsilon``). With
+        ``scale="paper"``, below ``ulp / 16`` of the dtype (7e-9 in float32,
+        1.4e-17 in float64) the result is the limit, the hard mask (ties share
+        the last places), with a zero gradient.
     largest : bool
         Select the ``k`` largest (default) or the ``k`` smallest scores.
         ``soft_topk(x, k, largest=True) == soft_topk(-x, k, largest=False)``.
@@ -191,6 +268,19 @@ def soft_topk(
         without unrolling.
     tol, max_iter :
         Sinkhorn stopping rule (``method="sinkhorn"`` only).
+    scale : {"paper", "scores"}
+        ``"paper"`` (default, the SOFT paper's and softk's original choice, kept
+        so existing results do not change): the cost is divided by its largest
+        entry ``M``, so ``epsilon`` is relative and in (0, 1]; the result then
+        depends on where the scores sit (``x + 10`` is blurrier than ``x``).
+        ``"scores"``: ``A_i = sigmoid((x_i - t) / epsilon)``, ``epsilon`` a
+        temperature in the units of ``x``: shifting ``x`` changes nothing and
+        scaling ``x`` and ``epsilon`` together leaves ``A`` unchanged. Prefer it
+        when the scores drift during training.
+    straight_through : bool
+        Forward the exact hard mask (1 on the ``k`` best entries, ties to the
+        lowest index, as ``torch.topk``) and backpropagate the soft operator's
+        gradient at ``epsilon``.
 
     Returns
     -------
@@ -203,6 +293,8 @@ def soft_topk(
     >>> a = softk.soft_topk(np.array([0.1, 3.0, -2.0, 1.0]), 2, epsilon=1e-3)
     >>> np.round(a, 6).tolist()
     [0.0, 1.0, 0.0, 1.0]
+    >>> softk.soft_topk(np.array([0.1, 3.0, -2.0, 1.0]), 2, epsilon=1.0, scale="scores").round(3).tolist()
+    [0.392, 0.921, 0.073, 0.613]
     """
     xp = namespace_of(x=x)
     axis = check_axis(axis, x.ndim)
@@ -212,8 +304,11 @@ def soft_topk(
     if n < 2:
         raise ValueError(f"x must have at least 2 entries along axis {axis}, got {n}")
     k = check_int("k", k, 1, n - 1)
-    epsilon = check_positive_float("epsilon", epsilon)
+    epsilon = check_static_epsilon(epsilon)
     check_choice("method", method, METHODS)
+    check_choice("scale", scale, SCALES)
+    if not isinstance(straight_through, bool):
+        raise TypeError(f"straight_through must be a bool, got {straight_through!r}")
     if not isinstance(largest, bool):
         raise TypeError(f"largest must be a bool, got {largest!r}")
     tol = check_positive_float("tol", tol)
@@ -222,4 +317,5 @@ def soft_topk(
     if method == "sinkhorn":
         check_nonempty(x)
     params = dict(k=k, epsilon=epsilon, largest=largest, axis=axis, method=method, tol=tol, max_iter=max_iter)
+    params.update(scale=scale, straight_through=straight_through)
     return (x,), params
