@@ -98,15 +98,20 @@ class ThresholdResult:
     top_index: Any = None
 
 
-def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> ThresholdResult:
+def soft_select(
+    xp: Any, x: Any, k: Any, scale: Any, *, largest: bool, weights: Any = None, centre: Any = None
+) -> ThresholdResult:
     """Soft indicator of the ``k`` smallest (or largest) entries of ``x`` along the last axis.
 
     Parameters
     ----------
     x : array, shape ``(..., n)``, real floating
-    k : int, ``1 <= k < n``
+    k : int, ``1 <= k < n``; with ``weights``, the selected mass, a float in (0, 1).
     scale : array, shape ``(..., 1)``, positive: inverse temperature per row.
     largest : bool, select the largest entries instead of the smallest.
+    weights : optional array like ``x``, positive, each row summing to 1: solve
+        ``sum weights A = k`` instead (soft top-p); ``centre`` (shape ``(..., 1)``),
+        a score near the threshold, is then required.
 
     Examples
     --------
@@ -116,28 +121,32 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
     ([[0.0, 1.0, 0.0, 1.0]], 2.0)
     """
     n = x.shape[-1]
+    mass_total = n if weights is None else 1.0  # the total mass that k is a part of
     finfo = xp.finfo(x.dtype)
     log_normal = normal_exponent(xp, x.dtype)
     clip, window = 0.45 * log_normal, 0.18 * log_normal
     atol = 4.0 * finfo.eps * k * math.log2(n + 1)
     step_tol = 8.0 * finfo.eps
-    count = min(n, k + 1 + CANDIDATES)
-    best, top_index = top_values(xp, x, count, largest=largest)
-    centre = 0.5 * (best[..., k - 1 : k] + best[..., k : k + 1])
+    if weights is None:
+        count = min(n, k + 1 + CANDIDATES)
+        best, top_index = top_values(xp, x, count, largest=largest)
+        centre = 0.5 * (best[..., k - 1 : k] + best[..., k : k + 1])
+    else:
+        count, top_index = n, None
     slope = -scale if largest else scale
     zero = xp.zeros_like(centre)
     dev = _dev(x)
     tiny = xp.asarray(finfo.smallest_normal, dtype=x.dtype, device=dev)
 
-    def newton(w: Any, a: Any, tau: Any, weights: Any = None) -> tuple[Any, Any, Any, Any]:
+    def newton(w: Any, a: Any, tau: Any, weights: Any = None, mass_total: float = n) -> tuple[Any, Any, Any, Any]:
         """Solve sum(weights / (1 + w e^tau)) = k for tau in [-window, window], from ``tau``.
 
-        Newton runs on the log-odds ``log S - log(n - S)`` of the total
-        ``S = sum weights A`` (weights 1 when ``None``: the full problem; ``n``
+        Newton runs on the log-odds ``log S - log(N - S)`` of the total
+        ``S = sum weights A`` (weights 1 when ``None``; ``N = mass_total``
         is the weights' sum), which is nearly linear in ``tau`` in both tails,
         so a start far from the root costs one or two steps, not ``|tau|`` of them.
         """
-        log_odds = math.log(k / (n - k))
+        log_odds = math.log(k / (mass_total - k))
 
         def cond(state: tuple) -> Any:
             it, done = state[0], state[-1]
@@ -159,7 +168,7 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
             above = excess > 0
             lo = xp.where(above, tau, lo)
             hi = xp.where(above, hi, tau)
-            selected, rest = xp.maximum(total, tiny), xp.maximum(n - total, tiny)
+            selected, rest = xp.maximum(total, tiny), xp.maximum(mass_total - total, tiny)
             gap = xp.log(selected) - xp.log(rest) - log_odds
             derivative = curvature * (1.0 / selected + 1.0 / rest)
             newton_tau = tau + gap / xp.maximum(derivative, tiny)
@@ -199,7 +208,7 @@ def soft_select(xp: Any, x: Any, k: int, scale: Any, *, largest: bool) -> Thresh
     def solve_at(centre: Any, tau: Any, it: Any, n_iter: Any) -> tuple:
         """Newton around ``centre``; ask for another pass where the root left the window."""
         w, u = odds(x, centre)
-        tau, a, done, inner = newton(w, u, tau)  # u is free: it becomes A
+        tau, a, done, inner = newton(w, u, tau, weights, mass_total)  # u is free: it becomes A
         again = xp.abs(tau) >= 0.9 * window
         centre = xp.where(again, centre - tau / slope, centre)
         return it + 1, centre, a, w, tau, done, n_iter + inner, again
