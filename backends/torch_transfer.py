@@ -1,9 +1,12 @@
 """The OT transfer regulariser as a ``torch.nn.Module`` loss (see :mod:`softk.transfer`).
 
 The module holds the settings and calls :func:`softk.transfer.ot_transfer_loss`;
-autograd runs the core's closed-form VJP. Inside ``torch.compile`` the
-solver's data-dependent loop is a graph break: the layers around the loss are
-compiled, the loss runs eagerly, and the gradients are the same.
+autograd runs the core's closed-form VJP. Its ``forward`` is excluded from
+``torch.compile`` (``torch.compiler.disable``): the solver's loop is
+data-dependent, so it would break the graph anyway, and Dynamo would retrace
+the solver's Python on every shape. The layers around the loss are compiled,
+the loss runs eagerly (one graph break), and its values and gradients are
+those of eager mode.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class OTTransferLoss(torch.nn.Module):
         self.weight = float(weight)
         self.options = dict(epsilon=epsilon, normalize=normalize, debias=debias, tol=tol, max_iter=max_iter, scaling=scaling)
 
+    @torch.compiler.disable
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return self.weight * ot_transfer_loss(student, teacher, **self.options)
 

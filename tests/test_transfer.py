@@ -192,13 +192,13 @@ def test_torch_module_in_a_compiled_training_step():
     eager = step(x, y, teacher)
     grads = torch.autograd.grad(eager, list(layer.parameters()))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # graph-break chatter: the solver loop runs eagerly
-        # aot_eager: Dynamo's graph breaks and AOT autograd, without Inductor's code generation (minutes here)
+        warnings.simplefilter("ignore")  # graph-break chatter: the loss runs eagerly
+        # aot_eager: Dynamo and AOT autograd around the loss, without Inductor's code generation (slow here)
         compiled = torch.compile(step, backend="aot_eager")(x, y, teacher)
     compiled_grads = torch.autograd.grad(compiled, list(layer.parameters()))
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
-    for a, b in zip(compiled_grads, grads):  # float32; compiled, the solver takes its traced (log-domain) path
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    for a, b in zip(compiled_grads, grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert "weight=2.0" in repr(loss_fn)
 
 
