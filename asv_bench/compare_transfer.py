@@ -16,7 +16,9 @@ Two inputs (seed 0):
 
 Both layers require gradients. The two timings alternate (``--repeats``
 pairs, after two warm-up calls) so that load from other processes hits both
-alike; reported are the median times and the median of the per-pair ratios.
+alike; reported are the median process CPU times and the medians of the
+per-pair ratios of CPU time and of wall time (CPU time is the steadier on a
+shared machine: it does not count time spent waiting for a core).
 
     OMP_NUM_THREADS=1 python asv_bench/compare_transfer.py
     OMP_NUM_THREADS=1 python asv_bench/compare_transfer.py --output asv_bench/TRANSFER_RESULTS.md
@@ -34,10 +36,7 @@ import array_api_compat.torch as tx
 import torch
 
 import softk
-from softk.transfer import _normalise, ot_transfer_loss
-
-
-CLOCK = time.process_time
+from softk.transfer import _normalise, _normalise_vjp, ot_transfer_loss
 
 
 def inputs(kind: str, batch: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,10 +58,11 @@ def transfer_step(student: torch.Tensor, teacher: torch.Tensor, **kwargs) -> Non
     ot_transfer_loss(s, t, **kwargs).backward()
 
 
-def timed(fn, *args, **kwargs) -> float:
-    t0 = CLOCK()
+def timed(fn, *args, **kwargs) -> tuple[float, float]:
+    """``(process CPU seconds, wall seconds)`` of one call."""
+    c0, w0 = time.process_time(), time.perf_counter()
     fn(*args, **kwargs)
-    return CLOCK() - t0
+    return time.process_time() - c0, time.perf_counter() - w0
 
 
 def compare(kind: str, epsilon: float, args) -> dict:
@@ -78,9 +78,43 @@ def compare(kind: str, epsilon: float, args) -> dict:
     s, t = (_normalise(tx, x, args.normalize)[0] for x in (student, teacher))
     cost = tx.clip(tx.sum(s * s, axis=0)[:, None] + tx.sum(t * t, axis=0)[None, :] - 2.0 * (s.T @ t), min=0.0)
     n_iter = int(softk.sinkhorn(cost, epsilon=epsilon, tol=args.tol, scaling=False).n_iter)
-    base = statistics.median(p[0] for p in pairs)
-    ot = statistics.median(p[1] for p in pairs)
-    return dict(base=base, ot=ot, ratio=statistics.median(p[1] / p[0] for p in pairs), n_iter=n_iter)
+    med = {}
+    for k, clock in enumerate(("cpu", "wall")):
+        med[clock] = (
+            statistics.median(p[0][k] for p in pairs),
+            statistics.median(p[1][k] for p in pairs),
+            statistics.median(p[1][k] / p[0][k] for p in pairs),
+        )
+    return dict(med, n_iter=n_iter)
+
+
+def breakdown(kind: str, epsilon: float, args) -> dict:
+    """Median CPU ms of the loss's parts, called one by one (what ``ot_transfer_loss`` runs)."""
+    student, teacher = inputs(kind, args.batch, args.width)
+    s, rs = _normalise(tx, student, args.normalize)
+    t, rt = _normalise(tx, teacher, args.normalize)
+    ones = torch.ones(1, args.width)
+
+    def cost():
+        return torch.cat([-2.0 * s, ones, (s * s).sum(0, keepdim=True)]).T @ torch.cat([t, (t * t).sum(0, keepdim=True), ones])
+
+    out = softk.sinkhorn(cost(), epsilon=epsilon, tol=args.tol, scaling=False)
+    plan = out.plan
+    parts = {
+        "normalise both layers": lambda: (_normalise(tx, student, args.normalize), _normalise(tx, teacher, args.normalize)),
+        "cost matrix (one matrix product)": cost,
+        "softk.sinkhorn solve": lambda: softk.sinkhorn(cost(), epsilon=epsilon, tol=args.tol, scaling=False),
+        "plan and value (.plan, .cost)": lambda: (out.plan, out.cost),
+        "flush tiny plan entries": lambda: torch.where(plan < 1e-30, 0.0, plan),
+        "gradient: two matrix products": lambda: ((2.0 / args.width) * s - 2.0 * (t @ plan.T), (2.0 / args.width) * t - 2.0 * (s @ plan)),
+        "normalisation VJP, both layers": lambda: (_normalise_vjp(tx, s, rs, s, args.normalize), _normalise_vjp(tx, t, rt, t, args.normalize)),
+    }
+    result = {}
+    for name, fn in parts.items():
+        fn()
+        result[name] = statistics.median(timed(fn)[0] for _ in range(args.repeats)) * 1e3
+    result["softk.sinkhorn solve"] -= result["cost matrix (one matrix product)"]
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,10 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time (default: robust to other load) or wall time")
     args = parser.parse_args(argv)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     load = "load average %.1f %.1f %.1f on %d cores" % (*os.getloadavg(), os.cpu_count())
     lines = [
@@ -106,14 +137,26 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.width} student and {args.width} teacher neurons; normalize={args.normalize!r}, tol={args.tol:g}, "
         f"scaling off (the default); median of {args.repeats} alternating pairs.",
         "",
-        "| input | epsilon | Sinkhorn iterations | linear fwd+bwd ms | OT loss + grad ms | ratio (target < 3) |",
-        "|---|---|---|---|---|---|",
+        "| input | epsilon | Sinkhorn iterations | linear fwd+bwd, CPU ms | OT loss + grad, CPU ms | ratio, CPU time (target < 3) | ratio, wall time |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind in ("gaussian", "structured"):
         for eps in args.eps:
             r = compare(kind, eps, args)
-            lines.append(f"| {kind} | {eps:g} | {r['n_iter']} | {r['base'] * 1e3:.2f} | {r['ot'] * 1e3:.2f} | {r['ratio']:.2f} |")
+            base, ot, ratio = r["cpu"]
+            lines.append(f"| {kind} | {eps:g} | {r['n_iter']} | {base * 1e3:.2f} | {ot * 1e3:.2f} | {ratio:.2f} | {r['wall'][2]:.2f} |")
             print(lines[-1], flush=True)
+    lines += [
+        "",
+        f"## Where the time goes (structured input, epsilon {args.eps[0]:g}; median CPU ms of each part called alone)",
+        "",
+        "| part | CPU ms |",
+        "|---|---|",
+    ]
+    parts = breakdown("structured", args.eps[0], args)
+    lines += [f"| {name} | {ms:.2f} |" for name, ms in parts.items()]
+    lines.append(f"| total of the parts | {sum(parts.values()):.2f} |")
+    print("\n".join(lines[-len(parts) - 1 :]), flush=True)
     lines += ["", "Finished with load average %.1f %.1f %.1f." % os.getloadavg()]
     if args.output:
         with open(args.output, "w") as fh:
