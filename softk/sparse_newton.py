@@ -1,6 +1,8 @@
 """Semismooth Newton for sparsity-constrained OT: the dual and semi-dual, batched.
 
-Both objectives are concave and piecewise quadratic (docs/maths.md section 5).
+Both objectives are concave and piecewise quadratic (docs/maths.md section 5);
+they have kinks where the k-th and (k+1)-th candidates of a column tie with
+positive mass, which is where the cardinality constraint binds.
 With the cost transposed, ``ct = C^T`` of shape ``(..., m, n)``, each column
 ``j`` of the plan lives on its top-k support ``S_j`` (``idx`` of shape
 ``(..., m, k)``) and the generalised Hessian is sparse:
@@ -13,8 +15,10 @@ With the cost transposed, ``ct = C^T`` of shape ``(..., m, n)``, each column
 Each step solves ``(-H + mu I) d = grad`` by Jacobi-preconditioned conjugate
 gradients (matrix-free: O(m k + n) per product, through :class:`Support`), with
 a Levenberg damping ``mu`` proportional to the marginal error, then an Armijo
-backtracking line search. Loops go through :func:`softk._dispatch.while_loop`, so the solver runs under
-``jax.jit``.
+backtracking line search. Newton identifies the pieces fast where the
+maximiser is smooth; near a kink it stalls, and L-BFGS (:func:`lbfgs`) takes
+over. Loops go through :func:`softk._dispatch.while_loop`, so the solver runs
+under ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ from .sparse_projection import simplex_on_sorted, top_indices
 
 __all__ = ["Support", "SparseSolution", "solve", "evaluate"]
 
-MAX_HALVINGS = 40
+MAX_HALVINGS = 20
 CG_MAX = 200
-STALLS = 3  # Newton steps without ascent after which a batch entry stops (a kink)
+STALLS = 3  # steps in a row without progress after which Newton hands over to L-BFGS, and L-BFGS stops
 DAMPING = 1e-2  # mu = DAMPING * relative marginal error * mean Hessian diagonal (+ a floor)
 
 
@@ -176,8 +180,12 @@ def solve(xp: Any, ct: Any, a: Any, b: Any, *, k: int, gamma: float, dual: bool,
 
     Stops when the relative marginal error ``max_i |(P 1)_i / a_i - 1|`` (and the
     columns' for the dual) is ``<= tol`` for every batch entry, or after
-    ``max_iter`` Newton steps, or after ``STALLS`` steps in a row without ascent
-    (the maximiser is then a kink: the plan read off it cannot meet the marginals).
+    ``max_iter`` steps in all. Newton hands over to L-BFGS after ``STALLS`` steps
+    in a row that cut the marginal error by less than 1% (near a kink of the
+    objective, where the cardinality constraint binds, or in a long
+    combinatorial phase); L-BFGS stops after ``STALLS`` steps in a row without
+    ascent or progress (the maximiser is then a kink: the plan read off it cannot
+    meet the marginals, and ``stationary`` is True with ``converged`` False).
     """
     dtype, dev = ct.dtype, device(ct)
     m, n = ct.shape[-2:]
@@ -226,8 +234,8 @@ def solve(xp: Any, ct: Any, a: Any, b: Any, *, k: int, gamma: float, dual: bool,
         found = pick(ok, new, current)
         ok = xp.logical_or(ok, finished)
         _, t, ok, found = while_loop(xp, cond, body, (xp.asarray(1, device=dev), t, ok, found))
-        # no progress: the objective rose by rounding at most and the marginals did not improve
-        flat = xp.logical_and(found[0] - f0 <= 4.0 * slack * (xp.abs(f0) + 1.0), error(found[1]) >= 0.99 * err)
+        # slow: the marginal error did not drop by 1% (a kink or a long combinatorial phase; L-BFGS takes over)
+        flat = error(found[1]) >= 0.99 * err
         stalls = xp.where(flat, stalls + 1, xp.zeros_like(stalls))
         return x + xp.where(ok, t, xp.zeros_like(t))[..., None] * d, found, stalls
 
