@@ -23,8 +23,8 @@ from typing import Any
 from array_api_compat import device
 
 from ._validate import check_choice, check_int, check_positive_float, namespace_of
-from ._xp import logsumexp
 from ._warnings import NotConvergedWarning
+from ._xp import logsumexp
 from .sparse_ot import MarginalGapWarning, sparse_ot
 
 __all__ = ["moe_route", "Routing"]
