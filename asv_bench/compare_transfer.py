@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    load = "load average %.1f %.1f %.1f on %d cores" % (*os.getloadavg(), os.cpu_count())
+    load = "load average {:.1f} {:.1f} {:.1f} on {} cores".format(*os.getloadavg(), os.cpu_count())
     lines = [
         f"# OT transfer loss vs a linear layer ({time.strftime('%Y-%m-%d %H:%M')}, {load})",
         "",
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {name} | {ms:.2f} |" for name, ms in parts.items()]
     lines.append(f"| total of the parts | {sum(parts.values()):.2f} |")
     print("\n".join(lines[-len(parts) - 1 :]), flush=True)
-    lines += ["", "Finished with load average %.1f %.1f %.1f." % os.getloadavg()]
+    lines += ["", "Finished with load average {:.1f} {:.1f} {:.1f}.".format(*os.getloadavg())]
     if args.output:
         with open(args.output, "w") as fh:
             fh.write("\n".join(lines) + "\n")

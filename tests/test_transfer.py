@@ -11,9 +11,9 @@ import warnings
 
 import numpy as np
 import pytest
+from reference import sinkhorn_reference
 
 import softk
-from reference import sinkhorn_reference
 from softk.transfer import ot_transfer_loss
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
