@@ -16,7 +16,6 @@ import numpy as np
 import optax
 
 from softk import enot as core
-from softk._validate import check_int
 
 __all__ = ["ENOT", "mlp_apply", "stop_gradient"]
 
@@ -43,63 +42,60 @@ def mlp_apply(params: list, x: Any) -> Any:
     return out
 
 
-class ENOT:
-    """ENOT trainer on ``R^dim`` (see :func:`softk.enot.ENOT` for the options).
+class ENOT(core.Trainer):
+    """ENOT trainer on ``R^dim`` (see :func:`softk.enot.ENOT` for the options; the loop is
+    :class:`softk.enot.Trainer`).
 
     ``f`` and ``g`` default to the ELU MLP :func:`mlp_apply` (paper: 4 x 128);
     user potentials are pairs ``(apply, params)`` with ``apply(params, x)``
     mapping rows ``(n, dim)`` to ``(n,)``. They act on standardised data
     (:class:`softk.enot.Standardizer`); ``transport``, ``f`` and ``g`` take and
-    give the data's coordinates.
-    ``conjugate_steps > 0`` refines ``T^`` by gradient steps on ``c(x, y) - g(y)``
-    (the W2OT-style baseline with ``expectile_weight=0``).
+    give the data's coordinates. ``conjugate_steps > 0`` refines ``T^`` by
+    gradient steps on ``c(x, y) - g(y)`` (the W2OT-style baseline with
+    ``expectile_weight=0``). One jitted step computes both losses, both
+    gradients and optax's Adam update.
     """
 
     def __init__(
         self, dim: int, *, f: tuple[Callable, Any] | None = None, g: tuple[Callable, Any] | None = None,
-        cost: core.PowerCost | None = None, tau: float = 0.99, expectile_weight: float = 1.0,
-        lr: float = 3e-4, lr_schedule: str = "constant", lr_steps: int | None = None, betas: tuple[float, float] = (0.9, 0.9), hidden: Sequence[int] = (128, 128, 128, 128),
-        quadratic: bool = True, standardize: bool = True, bidirectional: bool = True, batch_size: int = 1024, conjugate_steps: int = 0, conjugate_lr: float = 0.5,
+        cost: core.PowerCost | None = None, tau: float = 0.99, expectile_weight: float = 1.0, lr: float = 3e-4,
+        lr_schedule: str = "constant", lr_steps: int | None = None, betas: tuple[float, float] = (0.9, 0.9),
+        hidden: Sequence[int] = (128, 128, 128, 128), quadratic: bool = True, standardize: bool = True,
+        bidirectional: bool = True, batch_size: int = 1024, conjugate_steps: int = 0, conjugate_lr: float = 0.5,
         seed: int = 0, dtype: Any = "float32", check_every: int = 50,
     ):
-        core.check_options(tau=tau, expectile_weight=expectile_weight, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size,
-                           conjugate_steps=conjugate_steps)
-        self.dim, self.batch_size, self.check_every = int(dim), int(batch_size), check_every
+        super().__init__(dim, cost=cost, tau=tau, expectile_weight=expectile_weight, lr=lr, lr_schedule=lr_schedule,
+                         lr_steps=lr_steps, batch_size=batch_size, conjugate_steps=conjugate_steps,
+                         conjugate_lr=conjugate_lr, standardize=standardize, bidirectional=bidirectional,
+                         check_every=check_every)
         self.dtype = jnp.dtype(dtype)
-        self.tau, self.expectile_weight = float(tau), float(expectile_weight)
-        self.cost = cost if cost is not None else core.PowerCost(2.0)
-        if standardize and not isinstance(self.cost, core.PowerCost):
-            raise ValueError("standardize=True needs a softk.enot.PowerCost cost; pass standardize=False")
-        self.standardize, self.z = bool(standardize), core.Standardizer()
-        self.lr_steps = None if lr_steps is None else check_int("lr_steps", lr_steps, 1, 2**62)
-        self.step_count, self.bidirectional = 0, bool(bidirectional)
 
         def default(offset):
-            return mlp_apply, core.init_mlp(jnp, dim, tuple(hidden), quadratic=quadratic, seed=seed + offset,
-                                            dtype=self.dtype)
+            params = core.init_mlp(jnp, self.dim, tuple(hidden), quadratic=quadratic, seed=seed + offset,
+                                   dtype=self.dtype)
+            return mlp_apply, params
 
         self.f_apply, f_params = f if f is not None else default(0)
         self.g_apply, g_params = g if g is not None else default(1)
         self.params = {"f": f_params, "g": g_params}
-        self.lr, self.lr_schedule = float(lr), lr_schedule
         self.optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=betas[0], b2=betas[1])
         self.opt_state = self.optimizer.init(self.params)
         self.rng = np.random.default_rng(seed)
-        self.history: list[tuple[int, float, float]] = []
-        self.conjugate_steps, self.conjugate_lr = int(conjugate_steps), conjugate_lr
         self._train_step = jax.jit(self._train_step_impl, static_argnums=5)
         self._loss_pair = jax.jit(self._loss_pair_impl)
         self._transport = jax.jit(lambda params, x: self._map(self.f_apply, params, x))
 
-    def f(self, x: Any) -> Any:
-        """The map's potential in the data's coordinates: ``T(x) = x - (grad h)^{-1}(grad f(x))``."""
-        x = jnp.asarray(x, self.dtype)
-        return self.z.f_out(self.f_apply(self.params["f"], self.z.x_in(x)), x)
+    def _array(self, x: Any) -> Any:
+        return jnp.asarray(x, self.dtype)
 
-    def g(self, y: Any) -> Any:
-        """The target potential in the data's coordinates (``g^c(x) = c(x, T(x)) - g(T(x))``)."""
-        y = jnp.asarray(y, self.dtype)
-        return self.z.g_out(self.g_apply(self.params["g"], self.z.y_in(y)), y)
+    def _map_std(self, x: Any) -> Any:
+        return self._transport(self.params["f"], x)
+
+    def _f_std(self, x: Any) -> Any:
+        return self.f_apply(self.params["f"], x)
+
+    def _g_std(self, y: Any) -> Any:
+        return self.g_apply(self.params["g"], y)
 
     def _roles(self, params: Any, backward: bool) -> tuple:
         """``(map apply, map params, dual apply, dual params)``: ``f`` maps ``x`` forwards, ``g`` maps ``y`` back."""
@@ -119,6 +115,9 @@ class ENOT:
 
         return stop_gradient(jax.lax.fori_loop(0, self.conjugate_steps, body, t))
 
+    def _t_hat(self, dual_apply: Callable, dual_params: Any, x: Any, t: Any) -> Any:
+        return self._refine(dual_apply, dual_params, x, t) if self.conjugate_steps else stop_gradient(t)
+
     def _dual(self, params: Any, apply: Callable, x: Any, y: Any, t_hat: Any) -> Any:
         return core.dual_loss(apply(params, y), apply(params, t_hat), self.cost(x, t_hat), self.cost(x, y),
                               tau=self.tau, expectile_weight=self.expectile_weight)
@@ -126,9 +125,6 @@ class ENOT:
     def _map_loss(self, params: Any, apply: Callable, dual_apply: Callable, dual_params: Any, x: Any) -> tuple:
         t = self._map(apply, params, x)
         return core.map_loss(self.cost(x, t), dual_apply(dual_params, t)), t
-
-    def _t_hat(self, dual_apply: Callable, dual_params: Any, x: Any, t: Any) -> Any:
-        return self._refine(dual_apply, dual_params, x, t) if self.conjugate_steps else stop_gradient(t)
 
     def _loss_pair_impl(self, params: Any, x: Any, y: Any) -> tuple[Any, Any]:
         m_apply, m_params, d_apply, d_params = self._roles(params, False)
@@ -145,54 +141,15 @@ class ENOT:
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, (dual, mapl)
 
-    def losses(self, x: Any, y: Any) -> tuple[float, float]:
-        """``(dual loss, map loss)`` of the forward direction at the current parameters on the batch ``(x, y)``."""
-        x, y = self.z.x_in(jnp.asarray(x, self.dtype)), self.z.y_in(jnp.asarray(y, self.dtype))
-        dual, mapl = self._loss_pair(self.params, x, y)
-        return float(dual), float(mapl)
-
-    def _step(self, _: int) -> tuple[Any, Any]:
-        x = self.z.x_in(jnp.asarray(core.draw_batch("sampler_x", self.sampler_x, self.rng, self.batch_size, self.dim),
-                                    self.dtype))
-        y = self.z.y_in(jnp.asarray(core.draw_batch("sampler_y", self.sampler_y, self.rng, self.batch_size, self.dim),
-                                    self.dtype))
-        backward = self.bidirectional and self.step_count % 2 == 1
+    def _update(self, x: Any, y: Any, lr: float, backward: bool) -> tuple:
         self.params, self.opt_state, losses = self._train_step(
-            self.params, self.opt_state, *((y, x) if backward else (x, y)), jnp.asarray(self._lr_now(), self.dtype),
-            backward)
-        self.step_count += 1
+            self.params, self.opt_state, x, y, jnp.asarray(lr, self.dtype), backward)
         return losses
 
-    def fit(self, sampler_x: Any, sampler_y: Any, steps: int, *, progress: bool | None = None) -> list:
-        """Train for ``steps`` Adam steps on batches ``sampler(rng, batch_size)`` (or rows of sample arrays).
-
-        ``rng`` is a ``numpy.random.Generator`` seeded by ``seed``. Returns (and
-        appends to ``self.history``) ``[(step, dual loss, map loss), ...]``.
-        """
-        steps = check_int("steps", steps, 0, 2**62)
-        self.sampler_x, self.sampler_y = sampler_x, sampler_y
-        if self.standardize and self.z.identity:
-            n = max(self.batch_size, 4096)
-            self.z = core.Standardizer(jnp.asarray(core.draw_batch("sampler_x", sampler_x, self.rng, n, self.dim), self.dtype),
-                                       jnp.asarray(core.draw_batch("sampler_y", sampler_y, self.rng, n, self.dim), self.dtype),
-                                       p=self.cost.p)
-        done = self.step_count
-        start, length = (0, self.lr_steps) if self.lr_steps else (done, max(steps, 1))
-        self._lr_now = lambda: core.scheduled_lr(self.lr, self.lr_schedule, min(self.step_count - start, length), length)
-        history = core.fit_loop(self._step, steps, progress=progress, check_every=self.check_every,
-                                loss_values=lambda pair: (float(pair[0]), float(pair[1])))
-        self.history += [(done + i, dual, mapl) for i, dual, mapl in history]
-        return self.history[-len(history):] if history else []
-
-    def transport(self, x: Any) -> Any:
-        """``T(x)`` for ``x`` of shape ``(n, dim)``."""
-        return self.z.t_out(self._transport(self.params["f"], self.z.x_in(jnp.asarray(x, self.dtype))))
-
-    def cost_estimate(self, x: Any, y: Any) -> tuple[float, float]:
-        """``(E c(x, T(x)), E g(y) + E g^c(x))``: the primal and dual estimates of the OT cost."""
-        x, y = jnp.asarray(x, self.dtype), jnp.asarray(y, self.dtype)
-        t = self.transport(x)
-        return float(jnp.mean(self.cost(x, t))), float(core.dual_value(self.g(y), self.g(t), self.cost(x, t)))
+    def losses(self, x: Any, y: Any) -> tuple[float, float]:
+        """``(dual loss, map loss)`` of the forward direction at the current parameters on the batch ``(x, y)``."""
+        dual, mapl = self._loss_pair(self.params, self.z.x_in(self._array(x)), self.z.y_in(self._array(y)))
+        return float(dual), float(mapl)
 
     def get_params(self) -> dict[str, list[np.ndarray]]:
         """The parameters of ``f`` and ``g`` as NumPy arrays (the :func:`softk.enot.init_mlp` layout)."""

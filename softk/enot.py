@@ -31,7 +31,7 @@ import array_api_compat as compat
 from ._dispatch import _glue_name
 
 __all__ = [
-    "ENOT", "PowerCost", "Standardizer", "expectile_loss", "dual_value", "dual_loss", "map_loss",
+    "ENOT", "Trainer", "PowerCost", "Standardizer", "expectile_loss", "dual_value", "dual_loss", "map_loss",
     "check_options", "check_batch", "draw_batch", "scheduled_lr", "init_mlp", "fit_loop", "PAPER_DEFAULTS",
 ]
 
@@ -229,7 +229,9 @@ def draw_batch(name: str, sampler: Any, rng: Any, n: int, dim: int) -> Any:
     elif compat.is_array_api_obj(sampler):
         batch = sampler[rng.integers(0, sampler.shape[0], size=n)]
     else:
-        raise TypeError(f"{name} must be a callable sampler(rng, n) or an array of samples, got {type(sampler).__name__}")
+        raise TypeError(
+            f"{name} must be a callable sampler(rng, n) or an array of samples, got {type(sampler).__name__}"
+        )
     check_batch(name, batch, n, dim)
     return batch
 
@@ -263,7 +265,8 @@ def scheduled_lr(lr: float, schedule: str, i: int, steps: int) -> float:
 
 
 def fit_loop(
-    step: Callable[[int], Any], steps: int, *, progress: bool | None, check_every: int, loss_values: Callable[[Any], tuple]
+    step: Callable[[int], Any], steps: int, *, progress: bool | None, check_every: int,
+    loss_values: Callable[[Any], tuple],
 ) -> list[tuple[int, float, float]]:
     """Run ``step(i)`` for ``i < steps``; read the losses every ``check_every`` steps.
 
@@ -331,19 +334,130 @@ def _progress_bar(steps: int) -> Any:
     return _TqdmBar(tqdm, steps)
 
 
+class Trainer:
+    """What the PyTorch and JAX trainers share: options, standardisation, the loop and the public methods.
+
+    A framework's subclass sets ``rng`` (a ``numpy.random.Generator``), builds
+    the networks and implements ``_array(x)`` (its array type and dtype),
+    ``_update(x, y, lr, backward)`` (one Adam step of both networks on
+    standardised batches, returning the loss pair), and ``_map_std``,
+    ``_f_std``, ``_g_std`` (the map and the potentials in standardised
+    coordinates).
+    """
+
+    rng: Any
+
+    def __init__(
+        self, dim: int, *, cost: PowerCost | None, tau: float, expectile_weight: float, lr: float, lr_schedule: str,
+        lr_steps: int | None, batch_size: int, conjugate_steps: int, conjugate_lr: float, standardize: bool,
+        bidirectional: bool, check_every: int,
+    ):
+        from ._validate import check_int, check_positive_float
+
+        check_options(tau=tau, expectile_weight=expectile_weight, lr=lr, lr_schedule=lr_schedule,
+                      batch_size=batch_size, conjugate_steps=conjugate_steps)
+        self.dim = check_int("dim", dim, 1, 2**31)
+        self.cost = cost if cost is not None else PowerCost(2.0)
+        if standardize and not isinstance(self.cost, PowerCost):
+            raise ValueError("standardize=True needs a softk.enot.PowerCost cost; pass standardize=False")
+        self.tau, self.expectile_weight = float(tau), float(expectile_weight)
+        self.lr, self.lr_schedule = float(lr), lr_schedule
+        self.lr_steps = None if lr_steps is None else check_int("lr_steps", lr_steps, 1, 2**62)
+        self.batch_size, self.conjugate_steps = int(batch_size), int(conjugate_steps)
+        self.conjugate_lr = check_positive_float("conjugate_lr", conjugate_lr)
+        self.standardize, self.bidirectional = bool(standardize), bool(bidirectional)
+        self.check_every = check_int("check_every", check_every, 1, 2**31)
+        self.z, self.step_count = Standardizer(), 0
+        self.history: list[tuple[int, float, float]] = []
+
+    def _array(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def _update(self, x: Any, y: Any, lr: float, backward: bool) -> Any:
+        raise NotImplementedError
+
+    def _map_std(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def _f_std(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def _g_std(self, y: Any) -> Any:
+        raise NotImplementedError
+
+    def _batch(self, name: str, sampler: Any, n: int) -> Any:
+        return self._array(draw_batch(name, sampler, self.rng, n, self.dim))
+
+    def _step(self, _: int) -> Any:
+        x = self.z.x_in(self._batch("sampler_x", self.sampler_x, self.batch_size))
+        y = self.z.y_in(self._batch("sampler_y", self.sampler_y, self.batch_size))
+        backward = self.bidirectional and self.step_count % 2 == 1
+        lr = self._lr_now()
+        self.step_count += 1
+        return self._update(y, x, lr, True) if backward else self._update(x, y, lr, False)
+
+    def fit(self, sampler_x: Any, sampler_y: Any, steps: int, *, progress: bool | None = None) -> list:
+        """Train for ``steps`` Adam steps on batches ``sampler(rng, batch_size)`` (or rows of sample arrays).
+
+        ``rng`` is a ``numpy.random.Generator`` seeded by ``seed``. With
+        ``bidirectional`` every other step maps the target batch back with ``g``.
+        Returns (and appends to ``history``) ``[(step, dual loss, map loss), ...]``.
+        """
+        from ._validate import check_int
+
+        steps = check_int("steps", steps, 0, 2**62)
+        self.sampler_x, self.sampler_y = sampler_x, sampler_y
+        if self.standardize and self.z.identity:
+            n = max(self.batch_size, 4096)
+            self.z = Standardizer(self._batch("sampler_x", sampler_x, n), self._batch("sampler_y", sampler_y, n),
+                                  p=self.cost.p)
+        done = self.step_count
+        start, length = (0, self.lr_steps) if self.lr_steps else (done, max(steps, 1))
+        self._lr_now = lambda: scheduled_lr(self.lr, self.lr_schedule, min(self.step_count - start, length), length)
+        history = fit_loop(self._step, steps, progress=progress, check_every=self.check_every,
+                           loss_values=lambda pair: (float(pair[0]), float(pair[1])))
+        self.history += [(done + i, dual, mapl) for i, dual, mapl in history]
+        return self.history[len(self.history) - len(history):]
+
+    def transport(self, x: Any) -> Any:
+        """``T(x)`` for rows ``x`` of shape ``(n, dim)``, in the data's coordinates."""
+        return self.z.t_out(self._map_std(self.z.x_in(self._array(x))))
+
+    def f(self, x: Any) -> Any:
+        """The map's potential in the data's coordinates: ``T(x) = x - (grad h)^{-1}(grad f(x))``."""
+        x = self._array(x)
+        return self.z.f_out(self._f_std(self.z.x_in(x)), x)
+
+    def g(self, y: Any) -> Any:
+        """The target potential in the data's coordinates (``g^c(x) = c(x, T(x)) - g(T(x))``)."""
+        y = self._array(y)
+        return self.z.g_out(self._g_std(self.z.y_in(y)), y)
+
+    def cost_estimate(self, x: Any, y: Any) -> tuple[float, float]:
+        """``(E c(x, T(x)), E g(y) + E g^c(x))``: the primal and dual estimates of the OT cost."""
+        x, y = self._array(x), self._array(y)
+        t = self.transport(x)
+        xp = compat.array_namespace(x)
+        return float(xp.mean(self.cost(x, t))), float(dual_value(self.g(y), self.g(t), self.cost(x, t)))
+
+
 def ENOT(dim: int, *, framework: str = "torch", **options: Any) -> Any:
     """An ENOT trainer for ``framework`` (``"torch"`` or ``"jax"``) on ``R^dim``.
 
     ``options`` go to the framework's trainer (``softk.backends.enot_torch.ENOT``
-    or ``softk.backends.enot_jax.ENOT``), imported only now: ``cost`` (a
-    :class:`PowerCost`, default ``p = 2``), ``bidirectional`` (every other
-    step ``g`` maps ``y`` back with the roles swapped, as in the paper's code), ``tau``, ``expectile_weight``,
-    ``standardize`` (train in the coordinates of :class:`Standardizer`, fitted on
-    the first ``max(batch_size, 4096)`` samples), ``lr``, ``lr_schedule`` (``"constant"`` or ``"cosine"``, decaying over
-    each ``fit``, or over ``lr_steps`` steps counted across calls when given), ``betas``, ``hidden``, ``quadratic``, ``batch_size``,
-    ``conjugate_steps``, ``seed``, ``dtype``, or user potentials ``f`` and ``g``.
-    The trainer has ``fit(sampler_x, sampler_y, steps)``, ``transport(x)``,
-    ``f``, ``g``, ``losses(x, y)`` and ``cost_estimate(x, y)``.
+    or ``softk.backends.enot_jax.ENOT``, imported only now): ``cost`` (a
+    :class:`PowerCost`, default ``p = 2``), ``tau``, ``expectile_weight``,
+    ``lr``, ``lr_schedule`` (``"constant"`` or ``"cosine"``, decaying over each
+    ``fit``, or over ``lr_steps`` steps counted across calls), ``betas``,
+    ``hidden``, ``quadratic`` (add a learnt ``x^T S x / 2`` to each potential),
+    ``standardize`` (train in the coordinates of :class:`Standardizer`, fitted
+    on the first ``max(batch_size, 4096)`` samples), ``bidirectional`` (every
+    other step ``g`` maps ``y`` back with the roles swapped, as in the paper's
+    code), ``batch_size``, ``conjugate_steps``, ``conjugate_lr``, ``seed``,
+    ``dtype``, ``check_every``, or user potentials ``f`` and ``g``. The trainer
+    (a :class:`Trainer`) has ``fit(sampler_x, sampler_y, steps)``,
+    ``transport(x)``, ``f(x)``, ``g(y)``, ``losses(x, y)``,
+    ``cost_estimate(x, y)``, ``get_params()`` and ``set_params(params)``.
 
     Examples
     --------

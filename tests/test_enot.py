@@ -92,7 +92,7 @@ def test_gaussian_map_pushes_forward_and_w2_matches_1d(rng):
     assert float(l2_uvp(t, t)) == 0.0
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("framework", ["torch"])  # JAX: the same numbers (test_torch_and_jax_... below)
 def test_trainer_learns_a_2d_gaussian_map(framework):
     pytest.importorskip(framework)
     (m0, c0, m1, c1), sx, sy = gaussian_pair(2, 0)
