@@ -279,8 +279,9 @@ def soft_topk(
         when the scores drift during training.
     straight_through : bool
         Forward the exact hard mask (1 on the ``k`` best entries, ties to the
-        lowest index, as ``torch.topk``) and backpropagate the soft operator's
-        gradient at ``epsilon``.
+        lowest index as in ``jax.lax.top_k`` and a stable sort; ``torch.topk``
+        leaves the order of ties unspecified) and backpropagate the soft
+        operator's gradient at ``epsilon``.
 
     Returns
     -------
