@@ -200,9 +200,9 @@ def soft_select(
         others = (sample < beyond) if largest else (sample > beyond)
         others = xp.astype(others, x.dtype)
         share = (n - count) / xp.maximum(xp.sum(others, axis=-1, keepdims=True), xp.ones_like(centre))
-        weights = xp.concat([xp.ones_like(best), others * share], axis=-1)
+        sample_weights = xp.concat([xp.ones_like(best), others * share], axis=-1)
         w_start, a_start = odds(xp.concat([best, sample], axis=-1), centre)
-        tau_start, _, _, reduced_iter = newton(w_start, a_start, zero, weights)
+        tau_start, _, _, reduced_iter = newton(w_start, a_start, zero, sample_weights)
         start = xp.where(xp.abs(tau_start) < 0.9 * window, tau_start, zero)
 
     def solve_at(centre: Any, tau: Any, it: Any, n_iter: Any) -> tuple:

@@ -12,6 +12,7 @@ the search is ordinary beam search.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 from ._validate import check_int, check_positive_float, namespace_of
@@ -54,6 +55,19 @@ def _mix(xp: Any, weights: Any, arrays: tuple[Any, ...], nbatch: int) -> tuple[A
         mixed = xp.astype(weights, a.dtype, copy=False) @ flat
         out.append(xp.reshape(mixed, (*weights.shape[:-1], *a.shape[nbatch + 1 :])))
     return tuple(out)
+
+
+def _finite(xp: Any, a: Any) -> Any:
+    """``a`` with its ``-inf`` entries (forbidden tokens) replaced by 0."""
+    return xp.where(a > -math.inf, a, xp.zeros_like(a))
+
+
+def _mix_log_probs(xp: Any, weights: Any, log_probs: Any, nbatch: int) -> Any:
+    """:func:`_mix` of log-probabilities that may hold ``-inf``: the mixture is ``-inf`` where a
+    parent with positive weight has ``-inf`` (no ``0 * inf``)."""
+    (mixed,) = _mix(xp, weights, (_finite(xp, log_probs),), nbatch)
+    (forbidden,) = _mix(xp, weights, (xp.astype(log_probs == -math.inf, log_probs.dtype),), nbatch)
+    return xp.where(forbidden > 0, xp.full_like(mixed, -math.inf), mixed)
 
 
 def _hard_assignment(xp: Any, cand: Any, k: int) -> Any:
@@ -201,22 +215,31 @@ def beam_search(
             log_probs, beams = call(tokens, beams, k)
         nsrc = log_probs.shape[-2]
         cand = xp.reshape(scores[..., None] + log_probs, (*batch, nsrc * vocab))
+        allowed = cand > -math.inf  # forbidden tokens (log-probability -inf) are never chosen
         if hard:
             assign = _hard_assignment(xp, cand, k)
         else:
-            shifted = cand - xp.max(cand, axis=-1, keepdims=True)
+            # forbidden candidates wait just below the allowed ones, then lose their weight exactly
+            finite = xp.where(allowed, cand, xp.max(cand, axis=-1, keepdims=True))
+            floor = xp.min(finite, axis=-1, keepdims=True) - 1.0
+            shifted = xp.where(allowed, cand, floor) - xp.max(cand, axis=-1, keepdims=True)
             assign = soft_topk_sorted(shifted, k, epsilon=epsilon, method=method)
+            assign = xp.where(allowed[..., None], assign, xp.zeros_like(assign))
         # assign: (*batch, nsrc * V, k) -> weights over (source beam, token) for each new beam
         a4 = xp.reshape(assign, (*batch, nsrc, vocab, k))
-        scores = xp.sum(assign * cand[..., None], axis=-2)  # (*batch, k)
+        scores = xp.sum(assign * _finite(xp, cand)[..., None], axis=-2)  # (*batch, k)
+        if hard:  # fewer than k allowed candidates: the beams past them score -inf
+            forced = xp.sum(xp.astype(~allowed, assign.dtype)[..., None] * assign, axis=-2) > 0
+            scores = xp.where(forced, xp.full_like(scores, -math.inf), scores)
         tokens = xp.permute_dims(xp.sum(a4, axis=-3), (*range(nb), nb + 1, nb))  # (*batch, k, V)
         parents = xp.permute_dims(xp.sum(a4, axis=-2), (*range(nb), nb + 1, nb))  # (*batch, k, nsrc)
         beams = _mix(xp, parents, beams, nb)
-        (step_lp,) = _mix(xp, parents, (log_probs,), nb)
+        step_lp = _mix_log_probs(xp, parents, log_probs, nb)
         if hist_tok is None:
             hist_tok, hist_lp = tokens[..., None, :], step_lp[..., None, :]
         else:
-            hist_tok, hist_lp = _mix(xp, parents, (hist_tok, hist_lp), nb)
+            (hist_tok,) = _mix(xp, parents, (hist_tok,), nb)
+            hist_lp = _mix_log_probs(xp, parents, hist_lp, nb)
             hist_tok = xp.concat([hist_tok, tokens[..., None, :]], axis=-2)
             hist_lp = xp.concat([hist_lp, step_lp[..., None, :]], axis=-2)
     final = beams if is_tuple else beams[0]

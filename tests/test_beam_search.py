@@ -330,3 +330,40 @@ def test_example_shared_warmup_is_plain_training():
     alone, _ = ex.train_all(0, 6, {"a": ()}, warmup=0.0)
     for p, q, r in zip(shared["a"].parameters(), shared["b"].parameters(), alone["a"].parameters()):
         assert torch.equal(p, q) and torch.equal(p, r)
+
+
+def _masked_bigram(xp, forbidden: int):
+    """The docstring's bigram model with token ``forbidden`` given log-probability -inf at every step."""
+    logits = np.array([[0.0, 2.0, 1.0, -1.0], [1.5, 0.0, 1.0, 0.2], [0.3, 0.1, 0.0, 2.0], [1.0, 1.0, 1.0, 0.0]])
+    logp = xp.asarray(logits - np.log(np.exp(logits).sum(-1, keepdims=True)))
+    allowed = xp.asarray(np.arange(4) != forbidden)
+
+    def step(tokens, state):
+        lp = state if tokens is None else tokens @ logp
+        return xp.where(allowed, lp, xp.full_like(lp, -float("inf"))), lp
+
+    return step, xp.asarray(np.log(np.array([[0.5, 0.2, 0.2, 0.1]])))
+
+
+@pytest.mark.parametrize("name", ["numpy", "torch"])
+def test_masked_tokens_are_never_chosen_in_both_modes(name):
+    xp = pytest.importorskip(name)
+    step, start = _masked_bigram(xp, forbidden=1)
+    hard = softk.beam_search(step, start, 2, 3, hard=True)
+    soft = softk.beam_search(step, start, 2, 3, epsilon=1e-4)
+    to_np = (lambda a: a.detach().numpy()) if name == "torch" else np.asarray
+    np.testing.assert_allclose(to_np(hard.scores), [[-2.51695673, -3.20734106]], rtol=1e-8)  # plain beam search on tokens 0, 2, 3
+    np.testing.assert_allclose(to_np(soft.scores), to_np(hard.scores), atol=1e-6)
+    for out in (hard, soft):
+        assert to_np(out.tokens)[..., 1].max() == 0.0  # the forbidden token has no weight
+        lp = to_np(out.log_probs)
+        assert not np.isnan(lp).any() and np.isneginf(lp[..., 1]).all()
+    if name == "torch":
+        start = start.clone().requires_grad_()
+        step, _ = _masked_bigram(xp, forbidden=1)
+        softk.beam_search(step, start, 2, 3, epsilon=0.05).scores.sum().backward()
+        assert torch_finite(start.grad) and start.grad[0, 1] == 0.0
+
+
+def torch_finite(t):
+    return bool(t.isfinite().all())
