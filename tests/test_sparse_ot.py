@@ -104,7 +104,7 @@ def test_against_pot_where_the_constraint_binds(rng, formulation):
     _, objective = _pot(formulation, c, k, gamma)
     with pytest.warns(MarginalGapWarning, match="kink"):
         ours = sparse_ot(c, k=k, gamma=gamma, formulation=formulation)
-    assert float(ours.objective) >= objective - 1e-12  # the dual is maximised at least as well
+    assert float(ours.objective) >= objective - 1e-10  # maximised as well as POT (to 1e-10, at a kink)
     assert not bool(ours.converged) and float(ours.error) > 0.1
     assert (np.count_nonzero(ours.plan, axis=0) <= k).all()
 
