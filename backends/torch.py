@@ -44,19 +44,16 @@ class _CoreFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *cotangents: torch.Tensor | None) -> tuple:
-        cotangents = tuple(None if c is None else c.contiguous() for c in cotangents[: ctx.op.n_out])
-        if all(c is None for c in cotangents):
-            return (None,) * (2 + ctx.n_arrays)
-        saved = ctx.saved_tensors
-        n_arrays, n_out = ctx.n_arrays, ctx.op.n_out
-        arrays, residuals, outs = saved[:n_arrays], saved[n_arrays:-n_out], saved[-n_out:]
-        cotangent = cotangents if n_out > 1 else cotangents[0]
-        rebuild = getattr(ctx.op, "residuals", None)
-        if torch.is_grad_enabled() and rebuild is not None:  # a second derivative is being recorded
-            rebuilt = rebuild(xp, arrays, outs if n_out > 1 else outs[0], **ctx.params)
-            if rebuilt is not None:
-                return (None, None, *ctx.op.backward(xp, arrays, rebuilt, cotangent, **ctx.params))
-        return _first_order(ctx, arrays, residuals, cotangent)
+        try:
+            return _backward(ctx, cotangents)
+        except RuntimeError as err:
+            if not any(c is not None and torch._C._functorch.is_legacy_batchedtensor(c) for c in cotangents):
+                raise
+            raise RuntimeError(
+                f"softk.{ctx.op.name}: torch.autograd.functional.jacobian(..., vectorize=True) cannot batch "
+                "this operator's backward (PyTorch's legacy batching has no rule for one of its ops); "
+                "use torch.func.jacrev or vectorize=False"
+            ) from err
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple, op: Any, params: dict, *arrays: torch.Tensor) -> tuple:
@@ -66,6 +63,23 @@ class _CoreFunction(torch.autograd.Function):
         ]
         outs = _CoreFunction.apply(op, params, *front)
         return outs, (0,) * len(outs)
+
+
+def _backward(ctx: Any, cotangents: tuple) -> tuple:
+    """The core backward; differentiable (exact second derivatives) where the op rebuilds its residuals."""
+    cotangents = tuple(None if c is None else c.contiguous() for c in cotangents[: ctx.op.n_out])
+    if all(c is None for c in cotangents):
+        return (None,) * (2 + ctx.n_arrays)
+    saved = ctx.saved_tensors
+    n_arrays, n_out = ctx.n_arrays, ctx.op.n_out
+    arrays, residuals, outs = saved[:n_arrays], saved[n_arrays:-n_out], saved[-n_out:]
+    cotangent = cotangents if n_out > 1 else cotangents[0]
+    rebuild = getattr(ctx.op, "residuals", None)
+    if torch.is_grad_enabled() and rebuild is not None:  # a second derivative is being recorded
+        rebuilt = rebuild(xp, arrays, outs if n_out > 1 else outs[0], **ctx.params)
+        if rebuilt is not None:
+            return (None, None, *ctx.op.backward(xp, arrays, rebuilt, cotangent, **ctx.params))
+    return _first_order(ctx, arrays, residuals, cotangent)
 
 
 def _first_order(ctx: Any, arrays: tuple, residuals: tuple, cotangent: Any) -> tuple:
@@ -130,11 +144,15 @@ def on_false(flag: torch.Tensor, action: Callable[[], None]) -> None:
 
 def accepts_out(*arrays: Any) -> bool:
     """Whether ``out=`` may write these tensors: none recorded by autograd (grad mode on and
-    requiring a gradient) or wrapped by ``torch.func`` (their batching and gradient rules
-    reject ``out=``), and not compiling."""
+    requiring a gradient) or batched by ``torch.func`` or ``jacobian(vectorize=True)`` (their
+    batching and gradient rules reject ``out=``), and not compiling."""
     if torch.compiler.is_compiling():
         return False
-    wrapped, recording = torch._C._functorch.is_functorch_wrapped_tensor, torch.is_grad_enabled()
+    functorch, recording = torch._C._functorch, torch.is_grad_enabled()
+
+    def wrapped(a: torch.Tensor) -> bool:  # torch.func, or the batched gradients of jacobian(vectorize=True)
+        return functorch.is_functorch_wrapped_tensor(a) or functorch.is_legacy_batchedtensor(a)
+
     return not any(isinstance(a, torch.Tensor) and ((recording and a.requires_grad) or wrapped(a)) for a in arrays)
 
 

@@ -118,7 +118,11 @@ def beam_search(
         sum to 1, exactly one-hot when hard: embed them as ``tokens @ E``), the
         state arrays are ``(*batch, k, ...)`` and ``log_probs`` must be
         ``(*batch, k, V)``. Write it with the caller's framework or the array
-        API; gradients flow through that framework's autograd.
+        API; gradients flow through that framework's autograd. Forbid a token
+        by giving it log-probability ``-inf``: it is never chosen, hard or
+        soft (the search needs at least ``k`` allowed candidates per step;
+        hard beams past them score ``-inf``). A large finite penalty such as
+        ``-1e9`` is a real score and widens the soft selection: use ``-inf``.
     state : array or tuple of arrays
         The initial model state, each ``(*batch, ...)``: one per sequence, no
         beam axis.

@@ -227,3 +227,17 @@ def test_epsilon_tensor_requiring_grad_is_refused():
     with pytest.raises(TypeError, match="epsilon must be a Python float"):
         soft_topp(x, 0.5, epsilon=eps)
     assert softk.soft_topk(x, 2, epsilon=torch.tensor(0.1)).shape == (4,)  # a plain tensor is still a float
+
+
+def test_torch_vectorized_jacobian_works_or_says_why():
+    torch = pytest.importorskip("torch")
+    v = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian
+
+    def topk(t):
+        return softk.soft_topk(t, 2)
+
+    torch.testing.assert_close(jac(topk, v, vectorize=True), jac(topk, v))
+    torch.testing.assert_close(torch.func.jacrev(topk)(v), jac(topk, v))
+    with pytest.raises(RuntimeError, match="vectorize=True cannot batch"):
+        jac(lambda t: softk.soft_sort(t), v, vectorize=True)
