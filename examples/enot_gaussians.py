@@ -31,7 +31,9 @@ def gaussian_pair(dim: int, seed: int):
 
     m0, c0, m1, c1 = r.normal(size=dim), cov(), r.normal(size=dim), cov()
     l0, l1 = np.linalg.cholesky(c0), np.linalg.cholesky(c1)
-    return (m0, c0, m1, c1), lambda g, n: m0 + g.normal(size=(n, dim)) @ l0.T, lambda g, n: m1 + g.normal(size=(n, dim)) @ l1.T
+    sample_x = lambda g, n: m0 + g.normal(size=(n, dim)) @ l0.T  # noqa: E731
+    sample_y = lambda g, n: m1 + g.normal(size=(n, dim)) @ l1.T  # noqa: E731
+    return (m0, c0, m1, c1), sample_x, sample_y
 
 
 def main(dim: int = 8, steps: int = 1000, framework: str = "torch", seed: int = 0, **options) -> float:

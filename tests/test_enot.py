@@ -19,7 +19,9 @@ def gaussian_pair(d, seed):
 
     m0, c0, m1, c1 = r.normal(size=d), cov(), r.normal(size=d), cov()
     l0, l1 = np.linalg.cholesky(c0), np.linalg.cholesky(c1)
-    return (m0, c0, m1, c1), (lambda g, n: m0 + g.normal(size=(n, d)) @ l0.T), (lambda g, n: m1 + g.normal(size=(n, d)) @ l1.T)
+    sample_x = lambda g, n: m0 + g.normal(size=(n, d)) @ l0.T  # noqa: E731
+    sample_y = lambda g, n: m1 + g.normal(size=(n, d)) @ l1.T  # noqa: E731
+    return (m0, c0, m1, c1), sample_x, sample_y
 
 
 SMALL = dict(hidden=(16, 16), batch_size=64, lr=3e-3, lr_schedule="cosine", seed=0)
@@ -55,16 +57,16 @@ def _dual_loss_by_hand(g_y, g_t, c_xt, c_xy, tau, lam):
 
 def test_dual_loss_value_and_stop_gradient(backend, rng):
     g_y, g_t, c_xt, c_xy = (rng.normal(size=16) for _ in range(4))
-    got = enot.dual_loss(*(backend.asarray(v, "float64") for v in (g_y, g_t, c_xt, c_xy)), tau=0.8, expectile_weight=0.7)
+    arr = lambda v: backend.asarray(v, "float64")  # noqa: E731
+    got = enot.dual_loss(arr(g_y), arr(g_t), arr(c_xt), arr(c_xy), tau=0.8, expectile_weight=0.7)
     assert float(got) == pytest.approx(_dual_loss_by_hand(g_y, g_t, c_xt, c_xy, 0.8, 0.7), rel=1e-12)
-    assert float(enot.map_loss(backend.asarray(c_xt, "float64"), backend.asarray(g_t, "float64"))) == pytest.approx(
-        (c_xt - g_t).mean(), rel=1e-12)
+    assert float(enot.map_loss(arr(c_xt), arr(g_t))) == pytest.approx((c_xt - g_t).mean(), rel=1e-12)
     if backend.name not in ("torch", "jax"):
         return
     # d/d g(y): -1/n from the dual term, and only the first expectile term (the second sees g(y) through sg)
     _, grad = backend.value_and_grad(
-        lambda gy: enot.dual_loss(gy, *(backend.asarray(v, "float64") for v in (g_t, c_xt, c_xy)),
-                                  tau=0.8, expectile_weight=0.7), backend.asarray(g_y, "float64"), backend.asarray(np.array(1.0), "float64"))
+        lambda gy: enot.dual_loss(gy, arr(g_t), arr(c_xt), arr(c_xy), tau=0.8, expectile_weight=0.7),
+        arr(g_y), arr(np.array(1.0)))
     u = c_xt - g_t - c_xy + g_y
     want = (-1 + 0.7 * np.where(u >= 0, 0.8, 0.2) * 2 * u) / 16
     np.testing.assert_allclose(backend.to_numpy(grad), want, rtol=1e-10)
@@ -90,6 +92,16 @@ def test_gaussian_map_pushes_forward_and_w2_matches_1d(rng):
     assert float(w2) == pytest.approx(4.0 + 1.0)
     t = rng.normal(size=(100, 3))
     assert float(l2_uvp(t, t)) == 0.0
+
+
+def test_gaussian_helpers_on_every_backend(backend):
+    (m0, c0, m1, c1), _, _ = gaussian_pair(3, 2)
+    arrays = [backend.asarray(v, "float64") for v in (m0, c0, m1, c1)]
+    a, b = gaussian_map(*arrays)
+    want_a, want_b = gaussian_map(m0, c0, m1, c1)
+    np.testing.assert_allclose(backend.to_numpy(a), want_a, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(b), want_b, rtol=1e-10, atol=1e-12)
+    assert float(gaussian_w2(*arrays)) == pytest.approx(float(gaussian_w2(m0, c0, m1, c1)), rel=1e-10)
 
 
 @pytest.mark.parametrize("framework", ["torch"])  # JAX: the same numbers (test_torch_and_jax_... below)

@@ -13,6 +13,7 @@ batch 512):
 * ``enot``: the expectile regulariser, ``tau = 0.99``, weight 1, ``T^ = T(x)``,
   the two networks swapping roles every other step (``bidirectional``, as in
   the paper's code);
+* ``enot_uni``: ENOT in one direction (``f`` only maps, ``g`` only the dual);
 * ``baseline``: no expectile term, ``T(x)`` refined by 5 gradient steps on
   ``c(x, y) - g(y)`` (step 0.5) before the dual update (W2OT-style inner
   conjugate solve), one direction;
@@ -35,6 +36,7 @@ from softk.gaussian_ot import gaussian_map, gaussian_w2, l2_uvp
 SETTINGS = dict(hidden=(128, 128, 128, 128), quadratic=True, standardize=True, lr=1e-3, lr_schedule="cosine",
                 batch_size=512)
 METHODS = {"enot": dict(tau=0.99, expectile_weight=1.0, bidirectional=True),
+           "enot_uni": dict(tau=0.99, expectile_weight=1.0, bidirectional=False),
            "baseline": dict(expectile_weight=0.0, conjugate_steps=5, conjugate_lr=0.5, bidirectional=False),
            "baseline_bi": dict(expectile_weight=0.0, conjugate_steps=5, conjugate_lr=0.5, bidirectional=True)}
 
