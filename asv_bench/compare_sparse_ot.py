@@ -97,6 +97,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for backend in ("numpy", "torch", "jax"):
         print(softk_run(c, backend, "semi-dual", max_iter), flush=True)
+    for fewer in (100, 200):  # the objective and marginals along the way
+        print(softk_run(c, "numpy", "semi-dual", fewer), flush=True)
     print(softk_run(c, "numpy", "dual", max_iter), flush=True)
     for formulation in ("semi-dual", "dual"):
         print(pot(c, formulation, max_iter), flush=True)

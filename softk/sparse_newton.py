@@ -284,12 +284,13 @@ def lbfgs(xp: Any, at: Any, error: Any, it: Any, x: Any, current: tuple, tol: fl
         return xp.sum(u * v, axis=-1)
 
     def direction(grad: Any, s_hist: Any, y_hist: Any, count: Any) -> Any:
+        """Two-loop recursion; the history is kept newest first (``hist[i]``, valid for ``i < count``)."""
         q, alphas = grad, []
-        for i in range(MEMORY):  # newest first; slot (count - 1 - i) % MEMORY
-            slot = xp.remainder(count - 1 - i, MEMORY)
-            s_i, y_i = _slot(xp, s_hist, slot), _slot(xp, y_hist, slot)
-            valid = xp.logical_and(i < count, dot(s_i, y_i) > 0)
-            rho = xp.where(valid, 1.0 / xp.where(valid, dot(s_i, y_i), xp.ones_like(q[..., 0])), xp.zeros_like(q[..., 0]))
+        for i in range(MEMORY):
+            s_i, y_i = s_hist[i, ...], y_hist[i, ...]
+            sy = dot(s_i, y_i)
+            valid = xp.logical_and(i < count, sy > 0)
+            rho = xp.where(valid, 1.0 / xp.where(valid, sy, xp.ones_like(sy)), xp.zeros_like(sy))
             al = rho * dot(s_i, q)
             q = q - al[..., None] * y_i
             alphas.append((s_i, y_i, rho, al))
@@ -334,13 +335,12 @@ def lbfgs(xp: Any, at: Any, error: Any, it: Any, x: Any, current: tuple, tol: fl
         _, t, ok, found = while_loop(xp, lcond, lbody, (xp.asarray(1, device=dev), xp.ones_like(f0), xp.logical_or(ok, finished), found))
         t = xp.where(xp.logical_and(ok, xp.logical_not(finished)), t, xp.zeros_like(t))
         step = t[..., None] * d
-        flat = xp.logical_and(found[0] - f0 <= 4.0 * slack * (xp.abs(f0) + 1.0), error(found[1]) >= 0.99 * error(grad))
+        flat = found[0] - f0 <= FTOL * (xp.abs(f0) + 1.0)
         stalls = xp.where(finished, stalls, xp.where(flat, stalls + 1, xp.zeros_like(stalls)))
-        moved = t > 0
-        slot = xp.remainder(count, MEMORY)
-        s_hist = _put(xp, s_hist, slot, step, moved)
-        y_hist = _put(xp, y_hist, slot, grad - found[1], moved)
-        count = xp.where(moved, count + 1, count)
+        moved = (t > 0)[..., None]
+        s_hist = _push(xp, s_hist, step, moved)
+        y_hist = _push(xp, y_hist, grad - found[1], moved)
+        count = xp.where(moved[..., 0], count + 1, count)
         return it + 1, x + step, found, stalls, s_hist, y_hist, count
 
     state = while_loop(xp, cond, body, (it, x, current, zeros, hist, hist, zeros))
@@ -348,19 +348,14 @@ def lbfgs(xp: Any, at: Any, error: Any, it: Any, x: Any, current: tuple, tol: fl
 
 
 MEMORY = 10
+FTOL = 1e-12  # L-BFGS: a step raising the objective by less than this (relative) makes no progress
 
 
 def _pick(xp: Any, flag: Any, new: tuple, old: tuple) -> tuple:
     return tuple(xp.where(xp.reshape(flag, flag.shape + (1,) * (u.ndim - flag.ndim)), u, v) for u, v in zip(new, old))
 
 
-def _slot(xp: Any, hist: Any, slot: Any) -> Any:
-    """``hist[slot[b], b]`` for each batch entry ``b`` (``hist`` of shape (MEMORY, ..., size))."""
-    out = hist[0, ...]
-    for i in range(1, hist.shape[0]):
-        out = xp.where((slot == i)[..., None], hist[i, ...], out)
-    return out
-
-
-def _put(xp: Any, hist: Any, slot: Any, value: Any, moved: Any) -> Any:
-    return xp.stack([xp.where(xp.logical_and(slot == i, moved)[..., None], value, hist[i, ...]) for i in range(hist.shape[0])])
+def _push(xp: Any, hist: Any, value: Any, moved: Any) -> Any:
+    """``hist`` (MEMORY, ..., size), newest first, with ``value`` pushed in where ``moved``."""
+    shifted = xp.concat([value[None, ...], hist[:-1, ...]], axis=0)
+    return xp.where(moved[None, ...], shifted, hist)
