@@ -1,4 +1,4 @@
-"""Mixture-of-experts routing as sparsity-constrained OT (methods.md section 5).
+"""Mixture-of-experts routing as sparsity-constrained OT (docs/sparse_ot.md).
 
 Tokens (rows, mass 1 each) are transported to experts (columns, mass
 ``tokens / experts`` each: a balanced load) under the cost ``-softmax(logits)``

@@ -1,6 +1,6 @@
 """Semismooth Newton for sparsity-constrained OT: the dual and semi-dual, batched.
 
-Both objectives are concave and piecewise quadratic (docs/maths.md section 5);
+Both objectives are concave and piecewise quadratic (docs/sparse_ot.md);
 they have kinks where the k-th and (k+1)-th candidates of a column tie with
 positive mass, which is where the cardinality constraint binds.
 With the cost transposed, ``ct = C^T`` of shape ``(..., m, n)``, each column

@@ -1,6 +1,6 @@
 """Sparsity-constrained optimal transport (Liu, Puigcerver and Blondel, ICLR 2023).
 
-Primal, per leading batch index (docs/maths.md section 5)::
+Primal, per leading batch index (docs/sparse_ot.md)::
 
     min <P, C> + (gamma / 2) ||P||^2   over P >= 0, P 1 = a, P^T 1 = b,
                                        at most k nonzeros in each column of P.
