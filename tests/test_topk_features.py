@@ -239,5 +239,22 @@ def test_torch_vectorized_jacobian_works_or_says_why():
 
     torch.testing.assert_close(jac(topk, v, vectorize=True), jac(topk, v))
     torch.testing.assert_close(torch.func.jacrev(topk)(v), jac(topk, v))
-    with pytest.raises(RuntimeError, match="vectorize=True cannot batch"):
+    with pytest.raises(RuntimeError, match="cannot batch this operator"):
         jac(lambda t: softk.soft_sort(t), v, vectorize=True)
+
+
+def test_nucleus_example_learns_quickly():
+    pytest.importorskip("torch")
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "nucleus.py"
+    spec = importlib.util.spec_from_file_location("nucleus_example", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    z0, reward = ex.problem(0)
+    prior = ex.nucleus_reward(z0, reward)
+    for method in ("soft top-p", "straight-through"):
+        reached, z = ex.train(method, seed=0, steps=25)
+        assert reached > prior + 0.05, method
+    assert abs(ex.sampled_reward(z, reward, 20_000, 0) - ex.nucleus_reward(z, reward)) < 0.02
