@@ -438,7 +438,8 @@ class Trainer:
         x, y = self._array(x), self._array(y)
         t = self.transport(x)
         xp = compat.array_namespace(x)
-        return float(xp.mean(self.cost(x, t))), float(dual_value(self.g(y), self.g(t), self.cost(x, t)))
+        dual = _stop_gradient(dual_value(self.g(y), self.g(t), self.cost(x, t)))
+        return float(xp.mean(self.cost(x, t))), float(dual)
 
 
 def ENOT(dim: int, *, framework: str = "torch", **options: Any) -> Any:

@@ -177,7 +177,7 @@ def test_bad_input_gives_clear_errors(framework):
         trainer.fit(lambda g, n: np.full((n, 2), np.nan), good, 2, progress=False)
     with pytest.raises(TypeError, match="sampler_y must be a callable"):
         trainer.fit(good, "data", 2, progress=False)
-    raw = enot.ENOT(2, framework=framework, hidden=(4,), batch_size=8, standardize=False)
+    raw = enot.ENOT(2, framework=framework, hidden=(4,), batch_size=8, standardize=False, bidirectional=False)
     with pytest.raises(FloatingPointError, match="diverged at step"):  # |y|^2 overflows float32
         raw.fit(good, lambda g, n: np.full((n, 2), 1e30), 20, progress=False)
 
