@@ -70,7 +70,7 @@ class ENOT(core.Trainer):
                          check_every=check_every)
         self.dtype = jnp.dtype(dtype)
 
-        def default(offset):
+        def default(offset: int) -> tuple[Callable, Any]:
             params = core.init_mlp(jnp, self.dim, tuple(hidden), quadratic=quadratic, seed=seed + offset,
                                    dtype=self.dtype)
             return mlp_apply, params
