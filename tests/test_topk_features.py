@@ -258,3 +258,43 @@ def test_nucleus_example_learns_quickly():
         reached, z = ex.train(method, seed=0, steps=25)
         assert reached > prior + 0.05, method
     assert abs(ex.sampled_reward(z, reward, 20_000, 0) - ex.nucleus_reward(z, reward)) < 0.02
+
+
+# ---- framework layers ------------------------------------------------------------------------
+
+
+def test_torch_layers_match_the_operators_and_train():
+    torch = pytest.importorskip("torch")
+    from softk.backends.torch_layers import SinkhornDivergenceLoss, SoftTopK, SoftTopP, SpearmanLoss
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 12, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(SoftTopK(4, epsilon=0.2, scale="scores")(x), softk.soft_topk(x, 4, epsilon=0.2, scale="scores"))
+    torch.testing.assert_close(SoftTopP(0.7, epsilon=0.2)(x), soft_topp(x, 0.7, epsilon=0.2))
+    target = torch.randn(3, 12, dtype=torch.float64, generator=gen)
+    pred = x.clone().requires_grad_()
+    opt = torch.optim.Adam([pred], lr=0.1)
+    loss_fn, first = SpearmanLoss(epsilon=0.01), None
+    for _ in range(30):
+        loss = loss_fn(pred, target)
+        first = float(loss) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first
+    pts = torch.randn(20, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    div = SinkhornDivergenceLoss(epsilon=0.1)(pts, pts.detach() + 1.0)
+    div.backward()
+    assert float(div) > 0 and bool(pts.grad.isfinite().all())
+
+
+def test_jax_layers_jit():
+    jax = pytest.importorskip("jax")
+    import functools
+
+    import jax.numpy as jnp
+    from softk.backends.jax_layers import spearman_loss
+
+    loss = jax.jit(jax.value_and_grad(functools.partial(spearman_loss, epsilon=0.01)))
+    value, grad = loss(jnp.array([[0.3, 0.1, 0.9, 0.5]]), jnp.array([[1.0, 2.0, 3.0, 4.0]]))
+    assert 0.0 < float(value) < 2.0 and bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).sum()) > 0
