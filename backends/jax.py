@@ -17,7 +17,8 @@ the output keeps the input's sharding on its leading dimensions.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -16,7 +16,8 @@ residuals as constants.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import array_api_compat.torch as xp
 import torch

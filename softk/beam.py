@@ -13,7 +13,8 @@ the search is ordinary beam search.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from ._validate import check_int, check_positive_float, namespace_of
 from .sorting_topk import soft_topk_sorted

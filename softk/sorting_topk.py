@@ -20,11 +20,11 @@ from array_api_compat import device
 
 from ._layout import from_rows, last_order, to_rows
 from ._op import differentiable
-from ._validate import check_axis, check_choice, check_nonempty, check_finite_values, check_int, namespace_of
-from ._warnings import warn_if_not_converged
-from ._xp import add_at_rows
 from ._ot.implicit import plan_vjp
 from ._ot.newton import semidual_newton_plan_t
+from ._validate import check_axis, check_choice, check_finite_values, check_int, check_nonempty, namespace_of
+from ._warnings import warn_if_not_converged
+from ._xp import add_at_rows
 from .sorting import hard_potentials, solver_params, transport_plan
 from .topk import SCALES, SecondOrderOp, check_static_epsilon
 

@@ -22,21 +22,30 @@ Neither unrolls iterations: memory is O(n) per row.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from array_api_compat import device
 
 from ._dispatch import values_known
 from ._layout import from_rows, to_rows
 from ._op import CoreOp, differentiable
-from ._validate import check_axis, check_nonempty, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
-from ._warnings import warn_if_not_converged
-from ._xp import add_at_rows, into
 from ._ot.dense import sinkhorn_log
 from ._ot.implicit import plan_vjp
 from ._ot.plan import plan_from_potentials
 from ._threshold import first_k, hard_epsilon, hard_select, soft_select
+from ._validate import (
+    check_axis,
+    check_choice,
+    check_finite_values,
+    check_int,
+    check_nonempty,
+    check_positive_float,
+    namespace_of,
+)
+from ._warnings import warn_if_not_converged
+from ._xp import add_at_rows, into
 
 __all__ = ["soft_topk", "SecondOrderOp", "check_static_epsilon"]
 
@@ -55,7 +64,7 @@ class SecondOrderOp(CoreOp):
     ``create_graph=True``). Ops without it refuse double backward.
     """
 
-    residuals: Optional[Callable[..., Any]] = None
+    residuals: Callable[..., Any] | None = None
 
 
 def check_static_epsilon(epsilon: Any) -> float:
@@ -149,9 +158,9 @@ def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter, scale, 
         y = _centred(xp, -rows if largest else rows, scale)
         cost = _anchor_cost(xp, y, m)
         log_a, log_b = _anchor_log_weights(xp, y, k)
-        result = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter)
-        warn_if_not_converged(xp, result.converged, "soft_topk's Sinkhorn solver")
-        plan = plan_from_potentials(xp, cost, log_a, log_b, result.f, result.g, epsilon)
+        potentials = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter)
+        warn_if_not_converged(xp, potentials.converged, "soft_topk's Sinkhorn solver")
+        plan = plan_from_potentials(xp, cost, log_a, log_b, potentials.f, potentials.g, epsilon)
         indicator, residual = y.shape[-1] * plan[..., 0], plan
     if straight_through:  # the forward is the hard mask, the gradient the soft one
         indicator = first_k(xp, rows, k, largest=largest)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import Op, central_difference
 
 import softk
-from conftest import Op, central_difference
 from softk.topp import soft_topp
 
 SOFT = {"topk": (softk.soft_topk, 3), "sorted": (softk.soft_topk_sorted, 2)}
@@ -293,6 +293,7 @@ def test_jax_layers_jit():
     import functools
 
     import jax.numpy as jnp
+
     from softk.backends.jax_layers import spearman_loss
 
     loss = jax.jit(jax.value_and_grad(functools.partial(spearman_loss, epsilon=0.01)))
