@@ -39,6 +39,7 @@ class _CoreFunction(torch.autograd.Function):
         op, params, *arrays = inputs
         ctx.op, ctx.params, ctx.n_arrays = op, params, len(arrays)
         ctx.save_for_backward(*arrays, *output[op.n_out :], *output[: op.n_out])
+        ctx.save_for_forward(*arrays, *output[op.n_out :], *output[: op.n_out])
         exact = [t for t in output[: op.n_out] if not t.is_floating_point()]  # counters and flags
         ctx.mark_non_differentiable(*output[op.n_out :], *exact)
         ctx.set_materialize_grads(False)  # no zero-filled cotangents for the residual outputs
@@ -55,6 +56,25 @@ class _CoreFunction(torch.autograd.Function):
                 "this operator's backward (PyTorch's legacy batching has no rule for one of its ops); "
                 "use torch.func.jacrev or vectorize=False"
             ) from err
+
+    @staticmethod
+    def jvp(ctx: Any, _op: Any, _params: Any, *tangents: torch.Tensor | None) -> tuple:
+        """Forward mode by transposing the (linear in the cotangent) backward: ``J t = d/du <J^T u, t>``."""
+        op, params, n_arrays = ctx.op, ctx.params, ctx.n_arrays
+        saved = ctx.saved_tensors
+        arrays, residuals, outs = saved[:n_arrays], saved[n_arrays : len(saved) - op.n_out], saved[len(saved) - op.n_out :]
+        with torch.enable_grad():
+            u = tuple(torch.zeros_like(o, requires_grad=True) for o in outs)
+            grads = op.backward(xp, arrays, residuals, u if op.n_out > 1 else u[0], **params)
+            pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and t is not None]
+            if not pairs:
+                out_tangents = tuple(torch.zeros_like(o) for o in outs)
+            else:
+                out_tangents = torch.autograd.grad(
+                    [g for g, _ in pairs], u, grad_outputs=[t for _, t in pairs], allow_unused=True
+                )
+                out_tangents = tuple(torch.zeros_like(o) if t is None else t for o, t in zip(outs, out_tangents))
+        return (*out_tangents, *(None for _ in residuals))
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple, op: Any, params: dict, *arrays: torch.Tensor) -> tuple:

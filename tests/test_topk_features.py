@@ -299,3 +299,29 @@ def test_jax_layers_jit():
     loss = jax.jit(jax.value_and_grad(functools.partial(spearman_loss, epsilon=0.01)))
     value, grad = loss(jnp.array([[0.3, 0.1, 0.9, 0.5]]), jnp.array([[1.0, 2.0, 3.0, 4.0]]))
     assert 0.0 < float(value) < 2.0 and bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).sum()) > 0
+
+
+@pytest.mark.parametrize("name", ["soft_topk", "soft_topk_sinkhorn", "soft_topk_sorted", "soft_sort", "soft_topp"])
+def test_torch_forward_mode_matches_reverse_mode(name):
+    torch = pytest.importorskip("torch")
+    fn = {
+        "soft_topk": lambda t: softk.soft_topk(t, 3, epsilon=0.1),
+        "soft_topk_sinkhorn": lambda t: softk.soft_topk(t, 3, epsilon=0.1, method="sinkhorn", tol=1e-12),
+        "soft_topk_sorted": lambda t: softk.soft_topk_sorted(t, 2),
+        "soft_sort": lambda t: softk.soft_sort(t),
+        "soft_topp": lambda t: soft_topp(t, 0.6, epsilon=0.3),
+    }[name]
+    x = torch.asarray(np.random.default_rng(4).normal(size=(2, 6)))
+    torch.testing.assert_close(torch.func.jacfwd(fn)(x), torch.autograd.functional.jacobian(fn, x))
+    assert torch.autograd.gradcheck(fn, (x.clone().requires_grad_(),), check_forward_ad=True)
+
+
+def test_torch_func_hessian():
+    torch = pytest.importorskip("torch")
+    w = torch.arange(6.0, dtype=torch.float64)
+    x = torch.asarray(np.random.default_rng(5).normal(size=6))
+
+    def loss(t):
+        return (softk.soft_topk(t, 2, epsilon=0.1) * w).sum()
+
+    torch.testing.assert_close(torch.func.hessian(loss)(x), torch.autograd.functional.hessian(loss, x))
