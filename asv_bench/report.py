@@ -63,7 +63,10 @@ def megabytes(value: float) -> str:
 
 
 def ratio(peer: float, ours: float) -> str:
-    return "n/a" if math.isnan(peer) or math.isnan(ours) or ours == 0 else f"{peer / ours:.2g}"
+    if math.isnan(peer) or math.isnan(ours) or ours == 0:
+        return "n/a"
+    r = peer / ours
+    return f"{r:.0f}" if r >= 100 else f"{r:.2g}"
 
 
 def operators_table(values: dict) -> list[str]:
@@ -97,8 +100,9 @@ def peers_table(values: dict) -> list[str]:
                          (bwd, ("jax", "softk", n, eps)), (bwd, ("jax", "peer", n, eps))))
     for backend, n in itertools.product(("numpy", "torch"), ("500", "2000")):
         key = "sinkhorn.Sinkhorn.time_forward"
-        rows.append((f"sinkhorn fwd, {backend}, n = m = {n}, eps 1e-3", "POT sinkhorn_log",
-                     (key, (backend, "softk", n)), (key, (backend, "pot_log", n))))
+        for peer, label in (("pot_log", "POT sinkhorn_log"), ("pot", "POT sinkhorn (kernel)")):
+            rows.append((f"sinkhorn fwd, {backend}, n = m = {n}, eps 1e-3", label,
+                         (key, (backend, "softk", n)), (key, (backend, peer, n))))
     for n in ("100", "1000"):
         key = "divergence.DivergenceValueAndGrad.time_value_and_grad"
         for peer, label in (("geomloss", "GeomLoss (torch)"), ("ott", "OTT sinkdiv (JAX jit)")):
