@@ -122,12 +122,17 @@ def _anchor_log_weights(xp: Any, y: Any, k: int) -> tuple[Any, Any]:
     return log_a, xp.broadcast_to(log_b, (*y.shape[:-1], 2))
 
 
-def _normaliser(xp, rows, largest, scale):
-    """``(R, upper)`` of :func:`_range` for the paper's ``M = R^2``; for ``scale="scores"``
-    ``M = 2`` (``R = sqrt 2``), a constant: the sigmoid's argument is then ``(x_i - t) / eps``."""
+def _normaliser(xp, rows, largest, scale, epsilon):
+    """``(R, upper)`` of :func:`_range` for the paper's ``M = R^2``. For ``scale="scores"``
+    ``M = 2`` (``R = sqrt 2``), a constant: the sigmoid's argument is then ``(x_i - t) / eps``;
+    it is raised to ``R_paper^2 ulp / (16 eps)`` where that is larger, so the inverse temperature
+    stays where the threshold can be resolved (the paper scale's hard limit), and treated as a
+    constant (the gradient there is zero up to rounding)."""
+    radius, upper = _range(xp, rows, largest)
     if scale == "paper":
-        return _range(xp, rows, largest)
-    return xp.full_like(rows[..., :1], math.sqrt(2.0)), None
+        return radius, upper
+    floor = radius * radius * (hard_epsilon(xp, rows.dtype) / epsilon)
+    return xp.sqrt(xp.maximum(floor, xp.full_like(floor, 2.0))), None
 
 
 def _centred(xp, y, scale):
@@ -144,7 +149,7 @@ def _is_hard(xp, dtype, epsilon, scale):
 
 def _forward(xp, x, *, k, epsilon, largest, axis, method, tol, max_iter, scale, straight_through):
     rows = to_rows(xp, x, axis)
-    radius, upper = _normaliser(xp, rows, largest, scale)
+    radius, upper = _normaliser(xp, rows, largest, scale, epsilon)
     m = radius * radius
     top_index = None
     if _is_hard(xp, rows.dtype, epsilon, scale):  # the limit: the hard mask, zero gradient
@@ -177,7 +182,7 @@ def _residuals(xp, arrays, out, *, k, epsilon, largest, axis, method, tol, max_i
         return None
     (x,) = arrays
     rows, a = to_rows(xp, x, axis), to_rows(xp, out, axis)
-    radius, upper = _normaliser(xp, rows, largest, scale)
+    radius, upper = _normaliser(xp, rows, largest, scale, epsilon)
     if _is_hard(xp, rows.dtype, epsilon, scale):
         residual = xp.zeros_like(a)
     elif method == "exact":

@@ -325,3 +325,9 @@ def test_torch_func_hessian():
         return (softk.soft_topk(t, 2, epsilon=0.1) * w).sum()
 
     torch.testing.assert_close(torch.func.hessian(loss)(x), torch.autograd.functional.hessian(loss, x))
+
+
+def test_scores_scale_at_tiny_epsilon_is_the_hard_mask(backend):
+    x = backend.asarray(np.array([[0.1, 3.0, -2.0, 1.0, 1.0, 0.5]]), "float64")
+    for eps in (1e-12, 1e-30):
+        np.testing.assert_allclose(backend.to_numpy(softk.soft_topk(x, 2, epsilon=eps, scale="scores")), [[0, 1, 0, 0.5, 0.5, 0]], atol=1e-12)
