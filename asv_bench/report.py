@@ -20,7 +20,7 @@ import pathlib
 import sys
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-OPERATORS = ["SoftTopk", "SoftTopkSorted", "SoftSort", "SoftRank", "SoftQuantile", "Sinkhorn", "SinkhornPlan",
+OPERATORS = ["SoftTopk", "SoftTopp", "SoftTopkSorted", "SoftSort", "SoftRank", "SoftQuantile", "Sinkhorn", "SinkhornPlan",
              "SinkhornApply", "SinkhornDivergence", "BeamSearch"]
 BACKENDS = ["numpy", "torch", "jax"]
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 import softk
+from softk.topp import soft_topp  # softk.soft_topp once exported
 
 TOL = 1e-12  # Sinkhorn stopping tolerance, tight enough for finite differences in float64
 
@@ -63,6 +64,9 @@ CASES = [
     Case("soft_topk", "4 x 50 scores, k = 5", _scores((4, 50)),
          lambda x: softk.soft_topk(x, 5, epsilon=0.1),
          lambda x: (softk.soft_topk, (x, 5), dict(epsilon=0.1))),
+    Case("soft_topp", "4 x 50 logits, p = 0.9", _scores((4, 50)),
+         lambda x: soft_topp(x, 0.9, epsilon=0.1),
+         lambda x: (soft_topp, (x, 0.9), dict(epsilon=0.1))),
     Case("soft_topk_sorted", "4 x 30 scores, k = 3", _scores((4, 30)),
          lambda x: softk.soft_topk_sorted(x, 3, epsilon=0.05),
          lambda x: (softk.soft_topk_sorted, (x, 3), dict(epsilon=0.05))),

@@ -24,6 +24,7 @@ Inputs (seed 0): scores are float32 standard normal, batch 8 (32 for
 operator            call                                     n
 ==================  ======================================  =================
 SoftTopk            ``soft_topk(x, 10, epsilon=0.1)``        1e3, 1e4, 1e5
+SoftTopp            ``soft_topp(x, 0.9, epsilon=0.1)``       1e3, 1e4, 1e5
 SoftTopkSorted      ``soft_topk_sorted(x, 16, epsilon=1e-2)`` 1e2, 1e3, 1e4
 SoftSort            ``soft_sort(x, epsilon=1e-2)`` (m = n)   10, 100, 1000
 SoftRank            ``soft_rank(x, epsilon=1e-2)`` (m = n)   10, 100, 1000
@@ -50,6 +51,11 @@ import warnings
 import numpy as np
 
 import softk
+
+try:  # softk.soft_topp once exported; older commits lack it
+    from softk.topp import soft_topp
+except ImportError:  # pragma: no cover - depends on the commit benchmarked
+    soft_topp = None
 
 BACKENDS = ["numpy", "torch", "jax", "cupy"]
 _CACHE: dict = {}
@@ -109,6 +115,7 @@ def _beam(table, start):
 # name -> (inputs(n) -> (differentiated arrays, other arrays), call(*arrays) -> array, numpy VJP allowed)
 CASES = {
     "soft_topk": (lambda n: ((_scores(32, n),), ()), lambda x: softk.soft_topk(x, 10, epsilon=0.1), True),
+    "soft_topp": (lambda n: ((_scores(32, n),), ()), lambda x: soft_topp(x, 0.9, epsilon=0.1), True),
     "soft_topk_sorted": (lambda n: ((_scores(8, n),), ()), lambda x: softk.soft_topk_sorted(x, 16, epsilon=1e-2), True),
     "soft_sort": (lambda n: ((_scores(8, n),), ()), lambda x: softk.soft_sort(x, epsilon=1e-2), True),
     "soft_rank": (lambda n: ((_scores(8, n),), ()), lambda x: softk.soft_rank(x, epsilon=1e-2), True),
@@ -133,6 +140,7 @@ CASES = {
 }
 SIZES = {
     "soft_topk": [1_000, 10_000, 100_000],
+    "soft_topp": [1_000, 10_000, 100_000],
     "soft_topk_sorted": [100, 1_000, 10_000],
     "soft_sort": [10, 100, 1_000],
     "soft_rank": [10, 100, 1_000],
@@ -149,6 +157,7 @@ def _numpy_vjp_fn(name: str):
     """The softk operator whose pullback ``softk.vjp`` takes, with positional array arguments."""
     return {
         "soft_topk": (softk.soft_topk, lambda x: ((x, 10), dict(epsilon=0.1))),
+        "soft_topp": (soft_topp, lambda x: ((x, 0.9), dict(epsilon=0.1))),
         "soft_topk_sorted": (softk.soft_topk_sorted, lambda x: ((x, 16), dict(epsilon=1e-2))),
         "soft_sort": (softk.soft_sort, lambda x: ((x,), dict(epsilon=1e-2))),
         "soft_rank": (softk.soft_rank, lambda x: ((x,), dict(epsilon=1e-2))),
@@ -161,6 +170,8 @@ def _numpy_vjp_fn(name: str):
 
 def build(name: str, backend: str, n: int, backward: bool):
     """A zero-argument callable doing one blocking call, or ``NotImplementedError``."""
+    if name == "soft_topp" and soft_topp is None:
+        raise NotImplementedError("this commit has no soft_topp")
     inputs, call, numpy_grad = CASES[name]
     diff_np, other_np = inputs(n)
     out_np = call(*diff_np, *other_np)
@@ -277,6 +288,7 @@ def _classes(name: str) -> tuple[type, type]:
 
 
 SoftTopkForward, SoftTopkForwardBackward = _classes("soft_topk")
+SoftToppForward, SoftToppForwardBackward = _classes("soft_topp")
 SoftTopkSortedForward, SoftTopkSortedForwardBackward = _classes("soft_topk_sorted")
 SoftSortForward, SoftSortForwardBackward = _classes("soft_sort")
 SoftRankForward, SoftRankForwardBackward = _classes("soft_rank")
