@@ -15,6 +15,7 @@ from .ot import SinkhornOutput, sinkhorn, sinkhorn_apply, sinkhorn_cost, sinkhor
 from .sorting import soft_quantile, soft_rank, soft_sort
 from .sorting_topk import soft_topk_sorted
 from .topk import soft_topk
+from .transfer import ot_transfer_loss
 
 __all__ = [
     "soft_topk",
@@ -28,6 +29,7 @@ __all__ = [
     "sinkhorn_plan",
     "sinkhorn_apply",
     "sinkhorn_divergence",
+    "ot_transfer_loss",
     "SinkhornOutput",
     "vjp",
     "NotConvergedWarning",

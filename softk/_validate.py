@@ -128,8 +128,9 @@ def check_finite_values(xp: Any, name: str, x: Any) -> None:
         raise ValueError(f"{name} contains NaN")
     if bool(xp.any(xp.isinf(x))):
         raise ValueError(
-            f"{name} contains +-inf; softk normalises scores by their range, so mask entries "
-            f"with a large finite value (e.g. the finite minimum minus the range) instead"
+            f"{name} contains +-inf: mask entries with a large finite value instead (a score: the "
+            f"finite minimum minus the range; a cost: a value far above the others, such as 1e20 in "
+            f"float64 or 1e10 in float32, which the plan then avoids exactly)"
         )
 
 

@@ -20,7 +20,7 @@ kernel-mode matrix-vector products with absorption and adaptive over-relaxation;
 log-domain under ``jax.jit``). Either way the gradient is the implicit VJP of
 the plan, chained through the squashing without forming an n x M array
 (:func:`outer_plan_vjp`: every output's cotangent on the plan has rank one), with
-a direct Schur-complement solve up to 64 targets and conjugate gradients above.
+a direct Schur-complement solve up to ``SCHUR_MAX`` (128) targets and conjugate gradients above.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ._layout import from_rows, to_rows
 from ._op import CoreOp, differentiable
 from ._validate import check_axis, check_nonempty, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import warn_if_not_converged
-from ._ot.implicit import schur_solve
+from ._ot.implicit import schur_method, schur_solve
 from ._ot.kernel import solve_plan as sinkhorn_plan
 from ._ot.newton import semidual_newton_plan
 
@@ -44,7 +44,6 @@ __all__ = ["soft_sort", "soft_rank", "soft_quantile", "transport_plan", "solver_
 
 METHODS = ("auto", "newton", "sinkhorn")
 NEWTON_MAX_TARGETS = 32
-DIRECT_MAX_TARGETS = 64  # backward: direct Schur solve up to this many targets, conjugate gradients above
 
 
 def solver_params(xp: Any, x: Any, method: str, tol: Any, max_iter: Any, n_targets: int) -> dict:
@@ -244,9 +243,8 @@ def _backward(
         elif descending:
             v = xp.flip(v, axis=-1)
         c, d = rows, v / b
-    direct = plan.shape[-1] <= DIRECT_MAX_TARGETS
     cg_tol = 1e-10 if xp.finfo(plan.dtype).bits > 32 else 1e-5
-    grad_s, pd = outer_plan_vjp(xp, plan, c, d, s, y, epsilon, method="schur" if direct else "cg", cg_tol=cg_tol)
+    grad_s, pd = outer_plan_vjp(xp, plan, c, d, s, y, epsilon, method=schur_method(plan.shape[-1]), cg_tol=cg_tol)
     grad = _squash_vjp(xp, s, z, std, grad_s)
     if kind != "rank":  # sort and quantiles: x enters P^T x directly too
         grad = grad + pd

@@ -40,7 +40,7 @@ from typing import Any
 
 from array_api_compat import device
 
-from .._dispatch import values_known
+from .._dispatch import values_known, while_loop
 from .._xp import logsumexp, matvec, matvec_t, normal_exponent
 from .dense import SinkhornResult, log_domain, sinkhorn_block, sinkhorn_log
 from .plan import flushed_exp, plan_from_potentials
@@ -147,11 +147,41 @@ def _solve(xp, cost, log_a, log_b, epsilon, tol, max_iter, check_every, init, sc
 
 
 def _traced(xp, cost, log_a, log_b, epsilon, tol, max_iter, check_every, f, g, scaling) -> SinkhornResult:
-    """The dense problem through :func:`log_domain` (used under ``jax.jit``)."""
-    a = xp.exp(log_a)
+    """The kernel strategy as one bounded loop (:func:`softk._ot.dense.log_domain`), for ``jax.jit``.
+
+    Absorption needs concrete values, so each block of ``check_every`` iterations
+    absorbs unconditionally: it rebuilds the kernel from ``(f, g)`` with its
+    columns normalised to ``b`` in the log domain (one exponential pass, which
+    is also an exact g-update), runs the remaining iterations as kernel
+    updates (matrix-vector products) and folds the scalings back into ``(f, g)``.
+    One exponential per block instead of two per iteration; a block whose
+    scalings leave the finite range is run again in the log domain (a loop
+    of at most one pass, so it stays one compiled program).
+    """
+    a, b = xp.exp(log_a), xp.exp(log_b)
 
     def block(f: Any, g: Any, eps: Any, steps: int) -> tuple:
-        return sinkhorn_block(xp, cost, log_a, log_b, a, f, g, eps, steps)
+        z = (f[..., :, None] - cost) / eps + log_a[..., :, None]
+        top = xp.max(z, axis=-2, keepdims=True)
+        kern = flushed_exp(xp, z - top)  # exact zeros: a clipped floor times a huge scaling would pollute the sums
+        total = xp.sum(kern, axis=-2)
+        kern = kern * (b / total)[..., None, :]
+        g_new = -eps * (xp.log(total) + top[..., 0, :])  # the exact g-update
+        v = xp.ones_like(g)
+        for _ in range(steps):
+            u = a / matvec(xp, kern, v)
+            v = b / matvec_t(xp, kern, u)
+        rows = u * matvec(xp, kern, v)
+        err = xp.max(xp.sum(xp.abs(rows - a), axis=-1))
+        f_new, g_new = f + eps * xp.log(u), g_new + eps * xp.log(v)
+        ok = xp.logical_and(xp.all(xp.isfinite(f_new)), xp.all(xp.isfinite(g_new)))
+        ok = xp.logical_and(ok, xp.isfinite(err))
+
+        def redo(state: tuple) -> tuple:  # a scaling left the finite range: this block in the log domain
+            return (xp.asarray(True), *sinkhorn_block(xp, cost, log_a, log_b, a, f, g, eps, steps))
+
+        start = (ok, xp.where(ok, f_new, f), xp.where(ok, g_new, g), xp.where(ok, err, xp.full_like(err, math.inf)))
+        return while_loop(xp, lambda state: xp.logical_not(state[0]), redo, start)[1:]
 
     def g_update(f: Any, eps: float) -> Any:
         return -eps * logsumexp(xp, log_a[..., :, None] + (f[..., :, None] - cost) / eps, axis=-2)

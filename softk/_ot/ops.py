@@ -42,6 +42,7 @@ from .kernel import solve
 from .newton import semidual_newton
 from .online import solve as online_solve
 from .plan import marginal_error, plan_from_potentials
+from .symmetric import symmetric_solve
 
 __all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN", "APPLY"]
 
@@ -313,6 +314,58 @@ def _apply_solving_vjp(xp, arrays, residuals, cotangent, **params):
     return (*grads[:-2], grads[-1])
 
 
+def _symmetric(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling, online, **_):
+    """The self-transport potential of a problem ``(x, x[, a, a])``: ``(f, error, n_iter)``,
+    ``error`` measured on the plan at ``(f, f)``; warns if it misses ``tol``."""
+    cost, log_a, _, d = problem(xp, arrays, names, online)
+    x = None if cost is not None else xp.broadcast_to(d["x"], (*log_a.shape, d["x"].shape[-1]))
+    r = symmetric_solve(xp, log_a, epsilon, cost=cost, x=x, tol=INNER_TOL * tol, max_iter=max_iter, check_every=check_every, scaling=scaling)
+    error = measured_error(xp, arrays, names, r.f, r.f, epsilon)
+    warn_if_not_converged(xp, error <= tol, "sinkhorn_divergence's self-transport", error=error, tol=tol)
+    return r.f, error, r.n_iter
+
+
+def _self_problem(xp, d: dict, cloud: str, weight: str) -> tuple[tuple, tuple]:
+    """``(arrays, names)`` of the self-transport problem of one cloud of a divergence."""
+    arrays, names = (d[cloud], d[cloud]), ("x", "y")
+    if weight in d:
+        arrays, names = (*arrays, d[weight], d[weight]), (*names, "a", "b")
+    return arrays, names
+
+
+def _divergence(xp, *arrays, names, **params):
+    """``S = W(x, y) - (W(x, x) + W(y, y)) / 2``: two symmetric solves, whose potentials
+    warm-start the cross term; residuals: the three solves' ``concat(f, g)``."""
+    d = dict(zip(names, arrays))
+    fgs, values = [], []
+    for cloud, weight in (("x", "a"), ("y", "b")):
+        self_arrays, self_names = _self_problem(xp, d, cloud, weight)
+        f, _, _ = _symmetric(xp, *self_arrays, names=self_names, **params)
+        fgs.append(xp.concat([f, f], axis=-1))
+        values.append(_value_at(xp, *self_arrays, fgs[-1], names=self_names)[0])
+    f, g = fgs[0][..., : d["x"].shape[-2]], fgs[1][..., : d["y"].shape[-2]]
+    shift = 0.5 * (xp.mean(f, axis=-1, keepdims=True) - xp.mean(g, axis=-1, keepdims=True))
+    (f, g, _, _), _ = _potentials(xp, *arrays, f - shift, g + shift, names=names, **{**params, "scaling": False}, has_init=True, what="sinkhorn_divergence")
+    fg = xp.concat([f, g], axis=-1)
+    cross = _value_at(xp, *arrays, fg, names=names)[0]
+    return cross - 0.5 * (values[0] + values[1]), (fg, *fgs)
+
+
+def _divergence_vjp(xp, arrays, residuals, cotangent, *, names, **params):
+    """The envelope gradients of the three values, added up per input."""
+    d = dict(zip(names, arrays))
+    fg, fg_xx, fg_yy = residuals
+    total = dict(zip(names, _value_at_vjp(xp, (*arrays, fg), (), cotangent, names=names, **params)[:-1]))
+    for cloud, weight, fg_self in (("x", "a", fg_xx), ("y", "b", fg_yy)):
+        self_arrays, self_names = _self_problem(xp, d, cloud, weight)
+        grads = _value_at_vjp(xp, (*self_arrays, fg_self), (), -0.5 * cotangent, names=self_names, **params)
+        total[cloud] = total[cloud] + grads[0] + grads[1]
+        if weight in d:
+            total[weight] = total[weight] + grads[2] + grads[3]
+    return tuple(total[name] for name in names)
+
+
+DIVERGENCE = CoreOp("sinkhorn_divergence", _divergence, _divergence_vjp)
 POTENTIALS = CoreOp("sinkhorn_potentials", _potentials, _potentials_vjp, n_out=4)
 VALUE_AT = CoreOp("sinkhorn_value", _value_at, _value_at_vjp)
 PLAN_AT = CoreOp("sinkhorn_plan", _plan_at, _plan_at_vjp)
