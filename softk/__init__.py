@@ -11,6 +11,8 @@ One array-API core (``softk``) defines each operator as a forward and a VJP;
 from ._op import vjp
 from ._warnings import NotConvergedWarning
 from .beam import beam_search
+from .enot import ENOT, PowerCost, expectile_loss
+from .gaussian_ot import gaussian_map, gaussian_w2, l2_uvp
 from .ot import SinkhornOutput, sinkhorn, sinkhorn_apply, sinkhorn_cost, sinkhorn_divergence, sinkhorn_plan
 from .sorting import soft_quantile, soft_rank, soft_sort
 from .sorting_topk import soft_topk_sorted
@@ -30,6 +32,12 @@ __all__ = [
     "sinkhorn_apply",
     "sinkhorn_divergence",
     "ot_transfer_loss",
+    "ENOT",
+    "PowerCost",
+    "expectile_loss",
+    "gaussian_map",
+    "gaussian_w2",
+    "l2_uvp",
     "SinkhornOutput",
     "vjp",
     "NotConvergedWarning",
