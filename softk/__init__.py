@@ -14,8 +14,11 @@ from .beam import beam_search
 from .enot import ENOT, PowerCost, expectile_loss
 from .gaussian_ot import gaussian_map, gaussian_w2, l2_uvp
 from .ot import SinkhornOutput, sinkhorn, sinkhorn_apply, sinkhorn_cost, sinkhorn_divergence, sinkhorn_plan
+from .moe import Routing, moe_route
 from .sorting import soft_quantile, soft_rank, soft_sort
 from .sorting_topk import soft_topk_sorted
+from .sparse_ot import MarginalGapWarning, SparseOTResult, sparse_ot, sparse_ot_plan, sparse_ot_value
+from .sparse_projection import sparse_simplex_projection
 from .topk import soft_topk
 from .transfer import ot_transfer_loss
 
@@ -32,6 +35,14 @@ __all__ = [
     "sinkhorn_apply",
     "sinkhorn_divergence",
     "ot_transfer_loss",
+    "sparse_ot",
+    "sparse_ot_value",
+    "sparse_ot_plan",
+    "SparseOTResult",
+    "MarginalGapWarning",
+    "sparse_simplex_projection",
+    "moe_route",
+    "Routing",
     "ENOT",
     "PowerCost",
     "expectile_loss",
