@@ -8,7 +8,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] != "demo":
-        print("usage: softk demo [--help]\n\n  demo   soft top-k on every installed backend: deviations, gradient checks, timings, PNG")
+        print("usage: softk demo [--help]\n\n  demo   every operator on every installed backend: agreement, gradient checks, timings, figures")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     from softk.demo import main as demo_main  # the demo lives outside the framework-free core
 

@@ -189,7 +189,9 @@ def _forward(xp, x, *, kind, m, quantiles, width, descending, scalar, epsilon, a
     if kind == "rank":
         out = n * xp.squeeze(_times(xp, plan, (n * xp.cumulative_sum(b))[None, :]), axis=-2)
     else:
-        out = xp.squeeze(rows[..., None, :] @ plan, axis=-2) / b
+        # P^T x over the plan's own column masses (b to the solver's tolerance): a weighted mean
+        # of the scores, so sorted values and quantiles stay in the data's range whatever epsilon
+        out = xp.squeeze(rows[..., None, :] @ plan, axis=-2) / xp.sum(plan, axis=-2)
         if kind == "quantile":
             out = out[..., 1::2]
         elif descending:

@@ -202,3 +202,12 @@ def test_sinkhorn_output_passes_through_jit_and_vmap():
     np.testing.assert_allclose(np.asarray(out.plan), np.asarray(eager.plan), atol=1e-9)
     mapped = jax.vmap(lambda c: softk.sinkhorn(c, epsilon=0.1).cost)(cost)
     np.testing.assert_allclose(np.asarray(mapped), np.asarray(eager.cost), atol=1e-9)
+
+
+@pytest.mark.parametrize("eps", [1e-9, 1e-12])
+def test_soft_quantile_stays_in_the_data_range(backend, eps):
+    x = np.random.default_rng(13).normal(size=(3, 20)) * 10 ** np.random.default_rng(13).uniform(-3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", softk.NotConvergedWarning)  # tiny epsilon: rounding may stop the solver
+        q = backend.to_numpy(softk.soft_quantile(backend.asarray(x, "float64"), 0.95, epsilon=eps))
+    assert np.all(q <= x.max(-1)) and np.all(q >= x.min(-1))
