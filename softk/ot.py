@@ -73,7 +73,7 @@ class SinkhornOutput:
     n_iter: Any
     converged: Any
     _arrays: tuple
-    _params: dict
+    _params: tuple  # the ops' static parameters, as sorted (name, value) pairs (hashable)
 
     @property
     def plan(self) -> Any:

@@ -410,4 +410,4 @@ def soft_quantile(x: Any, q: Any, *, epsilon: float = 1e-2, axis: int = -1, widt
 
 
 for _fn in (soft_sort, soft_rank, soft_quantile):
-    _fn.__doc__ = _fn.__doc__.replace("{solver}", _SOLVER_DOC)
+    _fn.__doc__ = (_fn.__doc__ or "").replace("{solver}", _SOLVER_DOC)

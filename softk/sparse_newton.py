@@ -123,11 +123,11 @@ def evaluate(xp: Any, ct: Any, a: Any, b: Any, x: Any, gamma: Any, k: int, dual:
 def hessian_products(xp: Any, support: Support, weight: Any, dual: bool, n: int) -> tuple:
     """``(matvec, diagonal)`` of ``-gamma H`` (the ``1/gamma`` is applied by the caller)."""
     if dual:
-        def matvec(v: Any) -> Any:
+        def dual_matvec(v: Any) -> Any:
             t = weight * (support.gather(v[..., :n]) + v[..., n:, None])
             return xp.concat([support.rowsum(t), xp.sum(t, axis=-1)], axis=-1)
 
-        return matvec, xp.concat([support.rowsum(weight), xp.sum(weight, axis=-1)], axis=-1)
+        return dual_matvec, xp.concat([support.rowsum(weight), xp.sum(weight, axis=-1)], axis=-1)
     size = xp.maximum(xp.sum(weight, axis=-1, keepdims=True), xp.ones_like(weight[..., :1]))
 
     def matvec(v: Any) -> Any:

@@ -135,7 +135,7 @@ def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling
         # the strategy's own estimate missed what the plan shows (a kernel entry underflowed or
         # overflowed): finish in the log domain from the returned potentials, within max_iter
         rounding = _rounding_floor(xp, f, g, epsilon)
-        if not math.isfinite(rounding) or rounding > tol:  # potentials too large to be refined: start afresh
+        if rounding is None or not math.isfinite(rounding) or rounding > tol:  # potentials too large to be refined: start afresh
             f, g = xp.zeros_like(f), xp.zeros_like(g)
         r = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=INNER_TOL * tol, max_iter=max_iter - int(n_iter), check_every=check_every, init=(f, g))
         (f, g), n_iter = _gauged(xp, r.f, r.g, log_a, log_b), n_iter + r.n_iter
@@ -327,10 +327,9 @@ def _symmetric(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling,
 
 def _self_problem(xp, d: dict, cloud: str, weight: str) -> tuple[tuple, tuple]:
     """``(arrays, names)`` of the self-transport problem of one cloud of a divergence."""
-    arrays, names = (d[cloud], d[cloud]), ("x", "y")
     if weight in d:
-        arrays, names = (*arrays, d[weight], d[weight]), (*names, "a", "b")
-    return arrays, names
+        return (d[cloud], d[cloud], d[weight], d[weight]), ("x", "y", "a", "b")
+    return (d[cloud], d[cloud]), ("x", "y")
 
 
 def _divergence(xp, *arrays, names, **params):
