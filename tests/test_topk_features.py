@@ -85,7 +85,7 @@ def _fractional_nucleus(z, p):
 
 @pytest.mark.parametrize("eps", [1.0, 0.1, 1e-3])
 def test_topp_mass_is_exactly_p(backend, rng, eps):
-    _jax_once(backend, eps != 1e-3)
+    _jax_once(backend, True)  # JAX: the fractional-nucleus and gradient tests cover it
     z = rng.normal(size=(3, 40)) * 2.0
     a = backend.to_numpy(soft_topp(backend.asarray(z, "float64"), 0.8, epsilon=eps))
     pi = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
@@ -101,6 +101,7 @@ def test_topp_tends_to_the_fractional_nucleus(backend, rng):
 
 
 def test_topp_straight_through_is_the_nucleus(backend):
+    _jax_once(backend, True)
     z = np.log(np.array([[0.1, 0.5, 0.05, 0.3, 0.05], [0.2, 0.2, 0.2, 0.2, 0.2]]))
     out, grad = _grad(backend, Op(soft_topp, 0.7, epsilon=0.3, straight_through=True), z, np.arange(10.0).reshape(2, 5))
     np.testing.assert_array_equal(backend.to_numpy(out), [[0, 1, 0, 1, 0], [1, 1, 1, 1, 0]])
