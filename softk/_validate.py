@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import operator
 from typing import Any
 
@@ -97,6 +98,8 @@ def check_positive_float(name: str, value: Any) -> float:
         ) from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
+    if value < sys.float_info.min:
+        raise ValueError(f"{name} must be at least {sys.float_info.min:.3g} (a normal float), got {value}")
     return value
 
 

@@ -131,6 +131,7 @@ def test_soft_rank_of_a_constant_row_has_a_bounded_gradient(backend):
     "call, match",
     [
         (lambda b: softk.sinkhorn(b.asarray(np.zeros((0, 5, 6)), "float64"), epsilon=0.1), "empty"),
+        (lambda b: softk.sinkhorn(b.asarray(np.ones((5, 6)), "float64"), epsilon=5e-324), "epsilon must be at least"),
         (lambda b: softk.soft_sort(b.asarray(np.zeros((0, 5)), "float64")), "no entries"),
         (lambda b: softk.soft_rank(b.asarray(np.zeros((0, 5)), "float64")), "no entries"),
         (lambda b: softk.soft_topk_sorted(b.asarray(np.zeros((0, 5)), "float64"), 2), "no entries"),
