@@ -12,7 +12,8 @@ and stopping rule every strategy shares (:mod:`softk._ot.schedule`):
   built at the current ``f`` and ``u = exp((f' - f) / eps)``, the average is
   ``u <- sqrt(u / (K u))``: one matrix-vector product per iteration; ``u`` is
   absorbed into ``f`` (and ``K`` rebuilt) when ``|log u|`` leaves a quarter of
-  the dtype's exponent range, and at each epsilon stage;
+  the dtype's exponent range; halving epsilon squares the kernel
+  (``K <- K^2 / a_j``), which is rebuilt exactly only for the last stage;
 * traced (``jax.jit``): the same kernel form in :func:`softk._ot.dense.log_domain`'s
   bounded loop, absorbed at the end of every block of ``check_every`` iterations;
 * online: the log-domain average, one log-sum-exp pass per iteration in row
@@ -97,9 +98,15 @@ def _kernel(xp: Any, cost: Any, log_a: Any, schedule: list[float], tol: float, m
     limit = 0.25 * normal_exponent(xp, cost.dtype)
     f, it, err = xp.zeros_like(log_a), 0, math.inf
 
+    kern = None
     for k, eps in enumerate(schedule):
-        target = tol if k == len(schedule) - 1 else max(tol, STAGE_TOL)
-        kern, u, step = _build(xp, cost, log_a, f, eps), xp.ones_like(f), 0
+        last = k == len(schedule) - 1
+        target = tol if last else max(tol, STAGE_TOL)
+        if kern is None or last:  # built exactly at the first and the last stage
+            kern = _build(xp, cost, log_a, f, eps)
+        else:  # halving epsilon at fixed f squares the kernel: K <- K^2 / a_j, no exponential
+            kern = kern * kern / a[..., None, :]
+        u, step = xp.ones_like(f), 0
         while it < max_iter:
             s = matvec(xp, kern, u)
             if step % check_every == 0:
@@ -112,6 +119,7 @@ def _kernel(xp: Any, cost: Any, log_a: Any, schedule: list[float], tol: float, m
                 f, u = f + eps * xp.log(u), xp.ones_like(u)
                 kern = _build(xp, cost, log_a, f, eps)
         f = f + eps * xp.log(u)
+        kern = kern * (u[..., :, None] * u[..., None, :])  # absorbed: the kernel at the new f
         if it >= max_iter:
             break
     error = xp.asarray(err, dtype=f.dtype, device=device(f))
