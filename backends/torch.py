@@ -63,17 +63,17 @@ class _CoreFunction(torch.autograd.Function):
         op, params, n_arrays = ctx.op, ctx.params, ctx.n_arrays
         saved = ctx.saved_tensors
         arrays, residuals, outs = saved[:n_arrays], saved[n_arrays : len(saved) - op.n_out], saved[len(saved) - op.n_out :]
-        with torch.enable_grad():
-            u = tuple(torch.zeros_like(o, requires_grad=True) for o in outs)
+        with torch.enable_grad():  # integer outputs (counters) carry no tangent
+            u = tuple(torch.zeros_like(o, requires_grad=True) if o.is_floating_point() else None for o in outs)
             grads = op.backward(xp, arrays, residuals, u if op.n_out > 1 else u[0], **params)
-            pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and t is not None]
-            if not pairs:
-                out_tangents = tuple(torch.zeros_like(o) for o in outs)
-            else:
-                out_tangents = torch.autograd.grad(
-                    [g for g, _ in pairs], u, grad_outputs=[t for _, t in pairs], allow_unused=True
-                )
-                out_tangents = tuple(torch.zeros_like(o) if t is None else t for o, t in zip(outs, out_tangents))
+            pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and t is not None and g.requires_grad]
+            wrt = [w for w in u if w is not None]
+            found = torch.autograd.grad([g for g, _ in pairs], wrt, [t for _, t in pairs], allow_unused=True) if pairs else ()
+        found = iter(found)
+        out_tangents = []
+        for w, o in zip(u, outs):
+            t = None if w is None else next(found, None)
+            out_tangents.append(torch.zeros_like(o) if t is None and w is not None else t)
         return (*out_tangents, *(None for _ in residuals))
 
     @staticmethod

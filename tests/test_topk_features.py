@@ -302,7 +302,7 @@ def test_jax_layers_jit():
     assert 0.0 < float(value) < 2.0 and bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).sum()) > 0
 
 
-@pytest.mark.parametrize("name", ["soft_topk", "soft_topk_sinkhorn", "soft_topk_sorted", "soft_sort", "soft_topp"])
+@pytest.mark.parametrize("name", ["soft_topk", "soft_topk_sinkhorn", "soft_topk_sorted", "soft_sort", "soft_topp", "sinkhorn_f"])
 def test_torch_forward_mode_matches_reverse_mode(name):
     torch = pytest.importorskip("torch")
     fn = {
@@ -311,6 +311,7 @@ def test_torch_forward_mode_matches_reverse_mode(name):
         "soft_topk_sorted": lambda t: softk.soft_topk_sorted(t, 2),
         "soft_sort": lambda t: softk.soft_sort(t),
         "soft_topp": lambda t: soft_topp(t, 0.6, epsilon=0.3),
+        "sinkhorn_f": lambda t: softk.sinkhorn(x=t[..., None], y=t[..., None] ** 2, epsilon=0.5, tol=1e-12).f,  # counters too
     }[name]
     x = torch.asarray(np.random.default_rng(4).normal(size=(2, 6)))
     torch.testing.assert_close(torch.func.jacfwd(fn)(x), torch.autograd.functional.jacobian(fn, x))
