@@ -212,3 +212,13 @@ def test_soft_quantile_stays_in_the_data_range(backend, eps):
         warnings.simplefilter("ignore", softk.NotConvergedWarning)  # tiny epsilon: rounding may stop the solver
         q = backend.to_numpy(softk.soft_quantile(backend.asarray(x, "float64"), 0.95, epsilon=eps))
     assert np.all(q <= x.max(-1)) and np.all(q >= x.min(-1))
+
+
+def test_sinkhorn_output_passes_through_torch_compile():
+    torch = pytest.importorskip("torch")
+    cost = torch.asarray(np.random.default_rng(0).random((4, 5)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # dynamo's graph-break notes
+        out = torch.compile(lambda c: softk.sinkhorn(c, epsilon=0.1), backend="aot_eager")(cost)
+    assert isinstance(out, softk.SinkhornOutput) and bool(out.converged) and not out.n_iter.is_floating_point()
+    np.testing.assert_allclose(out.plan.numpy(), softk.sinkhorn(cost, epsilon=0.1).plan.numpy(), atol=1e-7)
