@@ -10,7 +10,7 @@ One array-API core (``softk``) defines each operator as a forward and a VJP;
 
 from ._op import vjp
 from ._warnings import NotConvergedWarning
-from .beam import beam_search
+from .beam import BeamSearchOutput, beam_search
 from .enot import ENOT, PowerCost, expectile_loss
 from .gaussian_ot import gaussian_map, gaussian_w2, l2_uvp
 from .ot import SinkhornOutput, sinkhorn, sinkhorn_apply, sinkhorn_cost, sinkhorn_divergence, sinkhorn_plan
@@ -20,15 +20,18 @@ from .sorting_topk import soft_topk_sorted
 from .sparse_ot import MarginalGapWarning, SparseOTResult, sparse_ot, sparse_ot_plan, sparse_ot_value
 from .sparse_projection import sparse_simplex_projection
 from .topk import soft_topk
+from .topp import soft_topp
 from .transfer import ot_transfer_loss
 
 __all__ = [
     "soft_topk",
     "soft_topk_sorted",
+    "soft_topp",
     "soft_sort",
     "soft_rank",
     "soft_quantile",
     "beam_search",
+    "BeamSearchOutput",
     "sinkhorn",
     "sinkhorn_cost",
     "sinkhorn_plan",
