@@ -45,8 +45,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -396,7 +397,7 @@ def grads_section(args, lines: list[str]) -> None:
                     out = np.asarray(g(x, v))
                     bad = nonfinite_fraction(out)
                     cells.append(
-                        "finite, max|g| = %.3g" % float(np.max(np.abs(out)))
+                        f"finite, max|g| = {float(np.max(np.abs(out))):.3g}"
                         if bad == 0
                         else f"**non-finite in {bad:.0%}**"
                     )

@@ -156,7 +156,8 @@ def median(values: list) -> float:
 
 def load() -> str:
     try:
-        return "load average %.1f %.1f %.1f on %d cores" % (*os.getloadavg(), os.cpu_count())
+        one, five, fifteen = os.getloadavg()
+        return f"load average {one:.1f} {five:.1f} {fifteen:.1f} on {os.cpu_count()} cores"
     except OSError:
         return ""
 

@@ -72,10 +72,10 @@ def _timed(fn, repeat: int) -> tuple[float, float, object]:
 
 def softk_sorting(repeat: int) -> dict:
     import torch
+    from array_api_compat import array_namespace
 
     import softk
-    from softk.sorting import _problem, transport_plan, solver_params, hard_potentials
-    from array_api_compat import array_namespace
+    from softk.sorting import _problem, hard_potentials, solver_params, transport_plan
 
     torch.set_num_threads(1)
     x = torch.asarray(np.random.default_rng(0).normal(size=(BATCH, N)).astype(np.float32))
@@ -144,7 +144,7 @@ if mode == "fwd":  # the marginal errors of OTT's Sinkhorn on the same problem (
     r, cl = jax.jit(jax.vmap(plan_errors))(x)
     extra = dict(rows=float(r.max()), cols=float(cl.max()))
 print(json.dumps(dict(times=times, compile=compile_s, finite=bool(jnp.isfinite(out).all()), **extra)), flush=True)
-""" % (BATCH, N, BATCH, N, EPSILON, EPSILON, EPSILON)
+""" % (BATCH, N, BATCH, N, EPSILON, EPSILON, EPSILON)  # noqa: UP031 (a code template full of braces)
 
 
 def ott_run(op: str, mode: str, calls: int, timeout: float) -> dict:
@@ -242,7 +242,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     t0 = time.perf_counter()
     lines = ["# softk sorting family vs targets and peers (asv_bench/compare_sorting.py)", ""]
-    import torch, jax  # noqa: E401
+    import jax
+    import torch  # noqa: E401
 
     try:
         import ott

@@ -5,7 +5,8 @@ Gradients come from :func:`softk.vjp`, which calls the core's backward directly.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from array_api_compat import array_namespace
 

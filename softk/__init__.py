@@ -13,8 +13,8 @@ from ._warnings import NotConvergedWarning
 from .beam import BeamSearchOutput, beam_search
 from .enot import ENOT, PowerCost, expectile_loss
 from .gaussian_ot import gaussian_map, gaussian_w2, l2_uvp
-from .ot import SinkhornOutput, sinkhorn, sinkhorn_apply, sinkhorn_cost, sinkhorn_divergence, sinkhorn_plan
 from .moe import Routing, moe_route
+from .ot import SinkhornOutput, sinkhorn, sinkhorn_apply, sinkhorn_cost, sinkhorn_divergence, sinkhorn_plan
 from .sorting import soft_quantile, soft_rank, soft_sort
 from .sorting_topk import soft_topk_sorted
 from .sparse_ot import MarginalGapWarning, SparseOTResult, sparse_ot, sparse_ot_plan, sparse_ot_value

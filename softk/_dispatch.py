@@ -8,8 +8,9 @@ framework registers a custom VJP and how it runs a data-dependent loop.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import array_api_compat as compat
 

@@ -23,8 +23,9 @@ forward and hands back the pullback directly, on every backend.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import array_api_compat as compat
 

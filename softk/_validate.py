@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import sys
 import operator
+import sys
 from typing import Any
 
 import array_api_compat as compat

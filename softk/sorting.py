@@ -34,11 +34,19 @@ from array_api_compat import device
 
 from ._layout import from_rows, to_rows
 from ._op import CoreOp, differentiable
-from ._validate import check_axis, check_nonempty, check_choice, check_finite_values, check_int, check_positive_float, namespace_of
-from ._warnings import warn_if_not_converged
 from ._ot.implicit import schur_method, schur_solve
 from ._ot.kernel import solve_plan as sinkhorn_plan
 from ._ot.newton import semidual_newton_plan
+from ._validate import (
+    check_axis,
+    check_choice,
+    check_finite_values,
+    check_int,
+    check_nonempty,
+    check_positive_float,
+    namespace_of,
+)
+from ._warnings import warn_if_not_converged
 
 __all__ = ["soft_sort", "soft_rank", "soft_quantile", "transport_plan", "solver_params", "hard_potentials", "outer_plan_vjp"]
 

@@ -6,13 +6,13 @@ import math
 
 import numpy as np
 import pytest
-
 from reference import sinkhorn_reference
-from softk._xp import add_at_rows, into, logsumexp, top_values
+
 from softk._ot.dense import sinkhorn_log
 from softk._ot.implicit import plan_vjp
 from softk._ot.plan import plan_from_potentials
 from softk._threshold import soft_select
+from softk._xp import add_at_rows, into, logsumexp, top_values
 
 
 def _problem(rng, n=12, m=4):

@@ -114,7 +114,7 @@ class TestJax:
         jax, jnp = self.jax, self.jax.numpy
         x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 1000)), dtype=jnp.float32)
         for eps in (1.0, 0.1, 1e-2, 1e-3, 1e-4):
-            g = jax.jit(jax.grad(lambda x: (softk.soft_topk(x, 10, epsilon=eps) * jnp.arange(1000.0)).sum()))(x)
+            g = jax.jit(jax.grad(lambda x, eps=eps: (softk.soft_topk(x, 10, epsilon=eps) * jnp.arange(1000.0)).sum()))(x)
             assert g.dtype == jnp.float32 and bool(jnp.isfinite(g).all()), eps
 
     def test_non_convergence_is_reported_inside_jit(self):

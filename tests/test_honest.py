@@ -11,9 +11,9 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import central_difference
 
 import softk
-from conftest import central_difference
 
 
 def _plan_error(out) -> float:

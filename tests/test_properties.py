@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from reference import soft_topk_reference
 
 import softk
-from reference import soft_topk_reference
 
 
 @st.composite

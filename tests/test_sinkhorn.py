@@ -12,17 +12,17 @@ import functools
 import numpy as np
 import pytest
 from array_api_compat import array_namespace, device
+from reference import sinkhorn_reference
 
 import softk
-import softk._ot.costs
 import softk._ot.blocks
-import softk.ot
+import softk._ot.costs
 import softk._ot.kernel
+import softk.ot
 from softk import ot as sot
 from softk._ot.dense import sinkhorn_log
 from softk._ot.implicit import plan_vjp
 from softk._ot.plan import plan_from_potentials
-from reference import sinkhorn_reference
 
 ARRAYS = ("cost", "x", "y", "a", "b")
 
@@ -87,7 +87,7 @@ def _central_differences(data, what, cot, wrt, h, **params):
     return grad
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pot_plan(eps):
     """POT's log-domain plan for ``problem(default_rng(0), 30, 20)``, run to convergence (computed once)."""
     ot = pytest.importorskip("ot")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_sinkhorn import central_differences, numpy_value, problem, run
 
 import softk
 from softk import ot as sot
-from test_sinkhorn import central_differences, numpy_value, problem, run
 
 TIGHT = dict(tol=1e-12, max_iter=100_000)
 

@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 import pytest
 from array_api_compat import array_namespace, device
-
-import softk
 from conftest import Op, central_difference
 from reference import hard_topk_mask, soft_topk_reference
+
+import softk
 
 TOL = {"float64": 1e-10, "float32": 2e-5}
 METHOD_KW = {"exact": {}, "sinkhorn": {"method": "sinkhorn", "tol": 1e-12}}

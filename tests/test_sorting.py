@@ -8,12 +8,12 @@ import warnings
 import numpy as np
 import pytest
 from array_api_compat import array_namespace, device
-
-import softk
 from conftest import Op, central_difference
 from reference import sinkhorn_reference
-from softk._ot.newton import semidual_newton
+
+import softk
 from softk._ot.dense import sinkhorn_log
+from softk._ot.newton import semidual_newton
 from softk._ot.plan import plan_from_potentials
 from softk.sorting import soft_quantile, soft_rank, soft_sort
 from softk.sorting_topk import soft_topk_sorted

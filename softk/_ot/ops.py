@@ -34,7 +34,9 @@ from array_api_compat import device
 from .._dispatch import values_known
 from .._op import CoreOp
 from .._warnings import warn_if_not_converged
-from .blocks import PlanBlocks, apply as online_apply, apply_vjp as online_apply_vjp, plan_products, value_vjp
+from .blocks import PlanBlocks, plan_products, value_vjp
+from .blocks import apply as online_apply
+from .blocks import apply_vjp as online_apply_vjp
 from .costs import sqeuclidean, sqeuclidean_vjp
 from .dense import sinkhorn_log
 from .implicit import plan_vjp, potentials_vjp

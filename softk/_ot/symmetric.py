@@ -22,9 +22,8 @@ and stopping rule every strategy shares (:mod:`softk._ot.schedule`):
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 from array_api_compat import device
 
