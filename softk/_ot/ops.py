@@ -356,6 +356,7 @@ def _divergence_vjp(xp, arrays, residuals, cotangent, *, names, **params):
     """The envelope gradients of the three values, added up per input."""
     d = dict(zip(names, arrays))
     fg, fg_xx, fg_yy = residuals
+    params = {**params, "online": True}  # blockwise envelope gradients: no cost matrix, no plan formed
     total = dict(zip(names, _value_at_vjp(xp, (*arrays, fg), (), cotangent, names=names, **params)[:-1]))
     for cloud, weight, fg_self in (("x", "a", fg_xx), ("y", "b", fg_yy)):
         self_arrays, self_names = _self_problem(xp, d, cloud, weight)

@@ -104,7 +104,8 @@ def _kernel(xp: Any, cost: Any, log_a: Any, schedule: list[float], tol: float, m
         if kern is None or last:  # built exactly at the first and the last stage
             kern = _build(xp, cost, log_a, f, eps)
         else:  # halving epsilon at fixed f squares the kernel: K <- K^2 / a_j, no exponential
-            kern = kern * kern / a[..., None, :]
+            kern *= kern
+            kern /= a[..., None, :]
         u, step = xp.ones_like(f), 0
         while it < max_iter:
             s = matvec(xp, kern, u)
@@ -118,7 +119,8 @@ def _kernel(xp: Any, cost: Any, log_a: Any, schedule: list[float], tol: float, m
                 f, u = f + eps * xp.log(u), xp.ones_like(u)
                 kern = _build(xp, cost, log_a, f, eps)
         f = f + eps * xp.log(u)
-        kern = kern * (u[..., :, None] * u[..., None, :])  # absorbed: the kernel at the new f
+        kern *= u[..., :, None]  # absorbed: the kernel at the new f
+        kern *= u[..., None, :]
         if it >= max_iter:
             break
     error = xp.asarray(err, dtype=f.dtype, device=device(f))
