@@ -36,7 +36,7 @@ from array_api_compat import array_namespace
 
 from ._dispatch import values_known
 from ._op import differentiable, pytree
-from ._ot.ops import APPLY, APPLY_AT, COST, DIVERGENCE, PLAN, PLAN_AT, POTENTIALS, VALUE_AT
+from ._ot.ops import APPLY, APPLY_AT, COST, DIVERGENCE, PLAN, PLAN_AT, POTENTIALS, VALUE_AT, broadcast_batch
 from ._validate import check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 
 __all__ = ["sinkhorn", "SinkhornOutput", "sinkhorn_cost", "sinkhorn_plan", "sinkhorn_apply", "sinkhorn_divergence"]
@@ -290,7 +290,7 @@ def _prepare(cost, x, y, a, b, epsilon, tol, max_iter, check_every, scaling, onl
         n, m = x.shape[-2], y.shape[-2]
     if n < 1 or m < 1:
         raise ValueError(f"the problem must have at least one source and one target, got n={n}, m={m}")
-    batch = cost.shape[:-2] if cost is not None else _broadcast_batch("x and y", x.shape[:-2], y.shape[:-2])
+    batch = cost.shape[:-2] if cost is not None else broadcast_batch(x.shape[:-2], y.shape[:-2], "x and y")
     if 0 in batch:
         raise ValueError(f"the batch is empty (batch shape {tuple(batch)}): there is no problem to solve")
     for name, arr in geometry.items():
@@ -300,7 +300,7 @@ def _prepare(cost, x, y, a, b, epsilon, tol, max_iter, check_every, scaling, onl
             continue
         if arr.ndim < 1 or arr.shape[-1] != size:
             raise ValueError(f"{name} must have shape (..., {size}) to match the cost, got {tuple(arr.shape)}")
-        _broadcast_batch(f"{name} and the problem", arr.shape[:-1], batch)
+        broadcast_batch(arr.shape[:-1], batch, f"{name} and the problem")
         check_finite_values(xp, name, arr)
         if values_known(xp, arr) and not bool(xp.all(arr > 0)):
             raise ValueError(f"{name} must be positive (drop points with zero weight)")
@@ -317,14 +317,6 @@ def _prepare(cost, x, y, a, b, epsilon, tol, max_iter, check_every, scaling, onl
     if params["method"] == "newton" and (params["online"] or m < 2):
         raise ValueError(f"method='newton' needs at least 2 targets and a formed cost (not online), got m={m}, online={params['online']}")
     return (*geometry.values(), *weights.values()), params, (n, m)
-
-
-def _broadcast_batch(what: str, s: tuple, t: tuple) -> tuple:
-    """The broadcast of two batch shapes, or a ValueError naming ``what``."""
-    s, t = (1,) * (len(t) - len(s)) + tuple(s), (1,) * (len(s) - len(t)) + tuple(t)
-    if any(i != j and 1 not in (i, j) for i, j in zip(s, t)):
-        raise ValueError(f"the batch shapes of {what} do not broadcast: {tuple(s)} and {tuple(t)}")
-    return tuple(max(i, j) if 1 in (i, j) else i for i, j in zip(s, t))
 
 
 def _online(online: Any, matrix: bool, entries: int) -> bool:

@@ -65,13 +65,16 @@ def problem(xp: Any, arrays: tuple, names: tuple, online: bool = False) -> tuple
         batch, (n, m) = cost.shape[:-2], cost.shape[-2:]
     else:
         like, n, m = d["x"], d["x"].shape[-2], d["y"].shape[-2]
-        batch = _broadcast(d["x"].shape[:-2], d["y"].shape[:-2])
+        batch = broadcast_batch(d["x"].shape[:-2], d["y"].shape[:-2])
         cost = None if online else sqeuclidean(xp, d["x"], d["y"])
     return cost, _log_weights(xp, d.get("a"), batch, n, like), _log_weights(xp, d.get("b"), batch, m, like), d
 
 
-def _broadcast(s: tuple, t: tuple) -> tuple:
+def broadcast_batch(s: tuple, t: tuple, what: str = "the inputs") -> tuple:
+    """The broadcast of two batch shapes, or a ValueError naming ``what``."""
     s, t = (1,) * (len(t) - len(s)) + tuple(s), (1,) * (len(s) - len(t)) + tuple(t)
+    if any(i != j and 1 not in (i, j) for i, j in zip(s, t)):
+        raise ValueError(f"the batch shapes of {what} do not broadcast: {tuple(s)} and {tuple(t)}")
     return tuple(max(i, j) if 1 in (i, j) else i for i, j in zip(s, t))
 
 
@@ -155,7 +158,7 @@ def _gauged(xp: Any, f: Any, g: Any, log_a: Any, log_b: Any) -> tuple[Any, Any]:
 
 def measured_error(xp: Any, arrays: tuple, names: tuple, f: Any, g: Any, epsilon: float) -> Any:
     """Worst ``||P 1 - a||_1 + ||P^T 1 - b||_1`` over the batch of the plan at ``(f, g)``, formed
-    block by block as every plan the ops return is (O(n + m) memory)."""
+    block by block (O(n + m) memory) with the same arithmetic as :func:`softk._ot.plan.plan_from_potentials`."""
     _, log_a, log_b, d = problem(xp, arrays, names, online=True)
     x = y = None
     if "cost" not in d:
