@@ -18,6 +18,7 @@ from typing import Any
 
 from array_api_compat import device
 
+from ._dispatch import values_known
 from ._layout import from_rows, last_order, to_rows
 from ._op import differentiable
 from ._ot.implicit import plan_vjp
@@ -226,4 +227,9 @@ def soft_topk_sorted(
     params = dict(k=k, epsilon=epsilon, largest=largest, axis=axis, scale=scale, straight_through=straight_through)
     params.update(solver_params(xp, x, method, tol, max_iter, k + 1))
     check_finite_values(xp, "x", x)
+    if values_known(xp, x) and x.size:
+        # the anchor cost squares the scores: refuse what would overflow rather than return NaN
+        limit = math.sqrt(float(xp.finfo(x.dtype).max)) / (4.0 * (k + 1))
+        if float(xp.max(xp.abs(x))) > limit:
+            raise ValueError(f"x has entries beyond {limit:.3g}, whose squares overflow {x.dtype} in the anchor cost: rescale x")
     return (x,), params

@@ -222,3 +222,10 @@ def test_sinkhorn_output_passes_through_torch_compile():
         out = torch.compile(lambda c: softk.sinkhorn(c, epsilon=0.1), backend="aot_eager")(cost)
     assert isinstance(out, softk.SinkhornOutput) and bool(out.converged) and not out.n_iter.is_floating_point()
     np.testing.assert_allclose(out.plan.numpy(), softk.sinkhorn(cost, epsilon=0.1).plan.numpy(), atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype, scale", [("float64", 1e155), ("float32", 1e19)])
+def test_sorted_topk_refuses_scores_whose_squares_overflow(backend, dtype, scale):
+    x = backend.asarray(np.array([1.0, 2.0, 3.0, 0.5]) * scale, dtype)
+    with pytest.raises(ValueError, match="overflow"):
+        softk.soft_topk_sorted(x, 2)
