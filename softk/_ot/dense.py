@@ -22,6 +22,7 @@ from array_api_compat import device
 
 from .._dispatch import while_loop
 from .._xp import logsumexp
+from .plan import balanced
 from .schedule import STAGE_TOL
 
 __all__ = ["SinkhornResult", "sinkhorn_log", "sinkhorn_block", "log_domain"]
@@ -128,8 +129,7 @@ def log_domain(xp, block, g_update, f, g, spread, epsilon, *, tol, max_iter, che
     def body(state: tuple) -> tuple:
         it, eps, f, g, _ = state
         f, g, err = block(f, g, eps, steps)
-        shift = 0.5 * (xp.mean(g, axis=-1, keepdims=True) - xp.mean(f, axis=-1, keepdims=True))
-        f, g = f + shift, g - shift  # the gauge: keep both potentials near zero (see kernel._recentre)
+        f, g = balanced(xp, f, g)  # the gauge: keep both potentials near zero
         # a loose stage ends at STAGE_TOL; the next one starts at half the epsilon (at most 2 x epsilon above it)
         done = xp.logical_and(eps > epsilon, err <= stage_tol)
         halved = xp.where(eps > 2.0 * epsilon, 0.5 * eps, xp.full_like(eps, epsilon))

@@ -43,7 +43,7 @@ from array_api_compat import device
 from .._dispatch import values_known, while_loop
 from .._xp import logsumexp, matvec, matvec_t, normal_exponent
 from .dense import SinkhornResult, log_domain, sinkhorn_block, sinkhorn_log
-from .plan import flushed_exp, plan_from_potentials
+from .plan import balanced, flushed_exp, plan_from_potentials
 from .schedule import OMEGA, STAGE_TOL, epsilon_schedule, relaxation
 
 __all__ = ["solve", "solve_plan"]
@@ -223,8 +223,7 @@ class _Kernel:
         """Shift ``(f + c, g - c)`` (the kernel is unchanged) so that neither potential drifts far
         from zero: stages at a huge epsilon (a huge cost entry) would otherwise leave ``f`` and
         ``g`` at +-1e17, and their rounding would then swamp ``f_i + g_j - C_ij``."""
-        c = 0.5 * (self.xp.mean(self.g, axis=-1, keepdims=True) - self.xp.mean(self.f, axis=-1, keepdims=True))
-        self.f, self.g = self.f + c, self.g - c
+        self.f, self.g = balanced(self.xp, self.f, self.g)
 
     def sharpen(self, eps: float) -> None:
         """Halve epsilon at fixed potentials: ``K <- K^2 / (a b^T)``, no exponential."""

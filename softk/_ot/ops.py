@@ -43,7 +43,7 @@ from .implicit import plan_vjp, potentials_vjp
 from .kernel import solve
 from .newton import semidual_newton
 from .online import solve as online_solve
-from .plan import marginal_error, plan_from_potentials
+from .plan import balanced, marginal_error, plan_from_potentials
 from .symmetric import symmetric_solve
 
 __all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN", "APPLY"]
@@ -134,7 +134,7 @@ def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling
         r = online_solve(xp, x, y, log_a, log_b, epsilon, **kw)
     else:
         r = solve(xp, cost, log_a, log_b, epsilon, **kw)
-    (f, g), n_iter = _gauged(xp, r.f, r.g, log_a, log_b), r.n_iter
+    (f, g), n_iter = balanced(xp, r.f, r.g, xp.exp(log_a), xp.exp(log_b)), r.n_iter
     error = measured_error(xp, arrays, names, f, g, epsilon)
     if method != "newton" and not online and values_known(xp, error) and float(error) > tol and int(n_iter) < max_iter:
         # the strategy's own estimate missed what the plan shows (a kernel entry underflowed or
@@ -143,17 +143,11 @@ def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling
         if rounding is None or not math.isfinite(rounding) or rounding > tol:  # potentials too large to be refined: start afresh
             f, g = xp.zeros_like(f), xp.zeros_like(g)
         r = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=INNER_TOL * tol, max_iter=max_iter - int(n_iter), check_every=check_every, init=(f, g))
-        (f, g), n_iter = _gauged(xp, r.f, r.g, log_a, log_b), n_iter + r.n_iter
+        (f, g), n_iter = balanced(xp, r.f, r.g, xp.exp(log_a), xp.exp(log_b)), n_iter + r.n_iter
         error = measured_error(xp, arrays, names, f, g, epsilon)
     warn_if_not_converged(xp, error <= tol, what, error=error, tol=tol, rounding=_rounding_floor(xp, f, g, epsilon))
     # the residuals are copies: an autograd Function must not save its own outputs as constants
     return (f, g, error, xp.astype(n_iter, xp.int64 if _has_int64(xp) else xp.int32)), (xp.asarray(f, copy=True), xp.asarray(g, copy=True))
-
-
-def _gauged(xp: Any, f: Any, g: Any, log_a: Any, log_b: Any) -> tuple[Any, Any]:
-    """``(f + c, g - c)`` with ``<f, a> = <g, b>`` (the plan is unchanged)."""
-    shift = 0.5 * (xp.sum(xp.exp(log_b) * g, axis=-1) - xp.sum(xp.exp(log_a) * f, axis=-1))[..., None]
-    return f + shift, g - shift
 
 
 def measured_error(xp: Any, arrays: tuple, names: tuple, f: Any, g: Any, epsilon: float) -> Any:
@@ -348,8 +342,8 @@ def _divergence(xp, *arrays, names, **params):
         fgs.append(xp.concat([f, f], axis=-1))
         values.append(_value_at(xp, *self_arrays, fgs[-1], names=self_names)[0])
     f, g = fgs[0][..., : d["x"].shape[-2]], fgs[1][..., : d["y"].shape[-2]]
-    shift = 0.5 * (xp.mean(f, axis=-1, keepdims=True) - xp.mean(g, axis=-1, keepdims=True))
-    (f, g, _, _), _ = _potentials(xp, *arrays, f - shift, g + shift, names=names, **{**params, "scaling": False}, has_init=True, what="sinkhorn_divergence")
+    f, g = balanced(xp, f, g)  # two problems' potentials, levelled into one warm start
+    (f, g, _, _), _ = _potentials(xp, *arrays, f, g, names=names, **{**params, "scaling": False}, has_init=True, what="sinkhorn_divergence")
     fg = xp.concat([f, g], axis=-1)
     cross = _value_at(xp, *arrays, fg, names=names)[0]
     return cross - 0.5 * (values[0] + values[1]), (fg, *fgs)

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._xp import normal_exponent
 
-__all__ = ["clipped_exp", "flushed_exp", "plan_from_potentials", "marginal_error"]
+__all__ = ["clipped_exp", "flushed_exp", "plan_from_potentials", "marginal_error", "balanced"]
 
 
 def _floor(xp: Any, dtype: Any) -> float:
@@ -55,6 +55,21 @@ def plan_from_potentials(xp: Any, cost: Any, log_a: Any, log_b: Any, f: Any, g: 
     z += (log_a + f / epsilon)[..., :, None]
     z += (log_b + g / epsilon)[..., None, :]
     return flushed_exp(xp, z)
+
+
+def balanced(xp: Any, f: Any, g: Any, a: Any = None, b: Any = None) -> tuple[Any, Any]:
+    """The gauge shift ``(f + c, g - c)`` (the plan is unchanged) with ``<f, a> = <g, b>``;
+    uniform weights (plain means) when ``a, b`` are None. Keeps both potentials near
+    zero: their rounding, not their sum's, is what limits the plan's exponent.
+
+    >>> import numpy as np
+    >>> [v.tolist() for v in balanced(np, np.array([5.0, 7.0]), np.array([-6.0]))]
+    [[-1.0, 1.0], [0.0]]
+    """
+    mean_f = xp.mean(f, axis=-1, keepdims=True) if a is None else xp.sum(a * f, axis=-1, keepdims=True)
+    mean_g = xp.mean(g, axis=-1, keepdims=True) if b is None else xp.sum(b * g, axis=-1, keepdims=True)
+    shift = 0.5 * (mean_g - mean_f)
+    return f + shift, g - shift
 
 
 def marginal_error(xp: Any, rows: Any, cols: Any, a: Any, b: Any) -> Any:
