@@ -151,10 +151,10 @@ def report(results: list[dict], mixture: dict | None, args: argparse.Namespace, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", default="2,4,8,16,32,64")
-    parser.add_argument("--methods", default="enot,baseline")
+    parser.add_argument("--methods", default="enot,w2ot")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--mixture-steps", type=int, default=1000)
     parser.add_argument("--no-mixture", action="store_true")
     parser.add_argument("--extra", action="append", default=[], help="trainer option override, e.g. quadratic=False")
@@ -181,7 +181,7 @@ def main() -> None:
         results = []
         for spec, fut in zip(specs, futures):
             res = fut.result()
-            results.append({**spec, **res} if "error" in res else res)
+            results.append({**spec, **res})
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
         mixture = None if mix is None else mix.result()
         if mixture is not None:

@@ -50,10 +50,12 @@ class ENOT(core.Trainer):
     user potentials are pairs ``(apply, params)`` with ``apply(params, x)``
     mapping rows ``(n, dim)`` to ``(n,)``. They act on standardised data
     (:class:`softk.enot.Standardizer`); ``transport``, ``f`` and ``g`` take and
-    give the data's coordinates. ``conjugate_steps > 0`` refines ``T^`` by
-    gradient steps on ``c(x, y) - g(y)`` (the W2OT-style baseline with
-    ``expectile_weight=0``). One jitted step computes both losses, both
-    gradients and optax's Adam update.
+    give the data's coordinates. ``conjugate="lbfgs"`` (or ``"gradient"``)
+    solves ``min_y c(x, y) - g(y)`` from ``T(x)`` inside the jitted step
+    (:mod:`softk.enot_conjugate`, a ``lax.while_loop``): with
+    ``expectile_weight=0`` and ``amortization="regression"`` this is the
+    amortised-conjugate (W2OT) baseline. One jitted step computes both losses,
+    both gradients and optax's Adam update.
     """
 
     def __init__(
@@ -61,12 +63,14 @@ class ENOT(core.Trainer):
         cost: core.PowerCost | None = None, tau: float = 0.99, expectile_weight: float = 1.0, lr: float = 3e-4,
         lr_schedule: str = "constant", lr_steps: int | None = None, betas: tuple[float, float] = (0.9, 0.9),
         hidden: Sequence[int] = (128, 128, 128, 128), quadratic: bool = True, standardize: bool = True,
-        bidirectional: bool = True, batch_size: int = 1024, conjugate_steps: int = 0, conjugate_lr: float = 0.5,
-        seed: int = 0, dtype: Any = "float32", check_every: int = 50,
+        bidirectional: bool = False, batch_size: int = 1024, conjugate: str | None = None, conjugate_steps: int = 20,
+        conjugate_lr: float = 0.5, conjugate_gtol: float = 1e-5, amortization: str = "objective", seed: int = 0,
+        dtype: Any = "float32", check_every: int = 50,
     ):
         super().__init__(dim, cost=cost, tau=tau, expectile_weight=expectile_weight, lr=lr, lr_schedule=lr_schedule,
-                         lr_steps=lr_steps, batch_size=batch_size, conjugate_steps=conjugate_steps,
-                         conjugate_lr=conjugate_lr, standardize=standardize, bidirectional=bidirectional,
+                         lr_steps=lr_steps, batch_size=batch_size, conjugate=conjugate,
+                         conjugate_steps=conjugate_steps, conjugate_lr=conjugate_lr, conjugate_gtol=conjugate_gtol,
+                         amortization=amortization, standardize=standardize, bidirectional=bidirectional,
                          check_every=check_every)
         self.dtype = jnp.dtype(dtype)
 
@@ -107,16 +111,18 @@ class ENOT(core.Trainer):
         grad = jax.grad(lambda z: jnp.sum(apply(params, z)))(x)  # rows are independent
         return self.cost.twist(x, grad)
 
-    def _refine(self, apply: Callable, params: Any, x: Any, t: Any) -> Any:
-        objective = jax.grad(lambda y: jnp.sum(self.cost(x, y) - apply(params, y)))
+    def _objective(self, apply: Callable, params: Any, x: Any) -> Callable:
+        """``y -> (c(x, y) - g(y), its gradient in y)`` row by row (``g``: ``apply(params, .)``)."""
+        grad = jax.grad(lambda y: (lambda v: (jnp.sum(v), v))(self.cost(x, y) - apply(params, y)), has_aux=True)
 
-        def body(_, y):
-            return y - self.conjugate_lr * objective(y)
+        def fun(y: Any) -> tuple[Any, Any]:
+            g, value = grad(y)
+            return value, g
 
-        return stop_gradient(jax.lax.fori_loop(0, self.conjugate_steps, body, t))
+        return fun
 
-    def _t_hat(self, dual_apply: Callable, dual_params: Any, x: Any, t: Any) -> Any:
-        return self._refine(dual_apply, dual_params, x, t) if self.conjugate_steps else stop_gradient(t)
+    def _t_hat(self, dual_apply: Callable, dual_params: Any, x: Any, t: Any) -> tuple:
+        return self._solve(self._objective(dual_apply, dual_params, x), t)
 
     def _dual(self, params: Any, apply: Callable, x: Any, y: Any, t_hat: Any) -> Any:
         return core.dual_loss(apply(params, y), apply(params, t_hat), self.cost(x, t_hat), self.cost(x, y),
@@ -126,23 +132,31 @@ class ENOT(core.Trainer):
         t = self._map(apply, params, x)
         return core.map_loss(self.cost(x, t), dual_apply(dual_params, t)), t
 
+    def _map_and_solve(self, m_apply: Callable, m_params: Any, d_apply: Callable, d_params: Any, x: Any) -> tuple:
+        """``(map loss, its gradient, T^, solver info)`` for either amortisation."""
+        if self.amortization == "regression":
+            t_hat, info = self._t_hat(d_apply, d_params, x, self._map(m_apply, m_params, x))
+            mapl, grad_m = jax.value_and_grad(lambda p: core.regression_loss(self._map(m_apply, p, x), t_hat))(m_params)
+            return mapl, grad_m, t_hat, info
+        (mapl, t), grad_m = jax.value_and_grad(self._map_loss, has_aux=True)(m_params, m_apply, d_apply, d_params, x)
+        return (mapl, grad_m, *self._t_hat(d_apply, d_params, x, t))
+
     def _loss_pair_impl(self, params: Any, x: Any, y: Any) -> tuple[Any, Any]:
         m_apply, m_params, d_apply, d_params = self._roles(params, False)
-        mapl, t = self._map_loss(m_params, m_apply, d_apply, d_params, x)
-        return self._dual(d_params, d_apply, x, y, self._t_hat(d_apply, d_params, x, t)), mapl
+        mapl, _, t_hat, _ = self._map_and_solve(m_apply, m_params, d_apply, d_params, x)
+        return self._dual(d_params, d_apply, x, y, t_hat), mapl
 
     def _train_step_impl(self, params: Any, opt_state: Any, x: Any, y: Any, lr: Any, backward: bool) -> tuple:
         m_apply, m_params, d_apply, d_params = self._roles(params, backward)
-        (mapl, t), grad_m = jax.value_and_grad(self._map_loss, has_aux=True)(m_params, m_apply, d_apply, d_params, x)
-        t_hat = self._t_hat(d_apply, d_params, x, t)
+        mapl, grad_m, t_hat, info = self._map_and_solve(m_apply, m_params, d_apply, d_params, x)
         dual, grad_d = jax.value_and_grad(self._dual)(d_params, d_apply, x, y, t_hat)
         grads = {"g": grad_m, "f": grad_d} if backward else {"f": grad_m, "g": grad_d}
         opt_state.hyperparams["learning_rate"] = lr
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, (dual, mapl)
+        return optax.apply_updates(params, updates), opt_state, (dual, mapl), info
 
     def _update(self, x: Any, y: Any, lr: float, backward: bool) -> tuple:
-        self.params, self.opt_state, losses = self._train_step(
+        self.params, self.opt_state, losses, self.last_conjugate = self._train_step(
             self.params, self.opt_state, x, y, jnp.asarray(lr, self.dtype), backward)
         return losses
 

@@ -55,9 +55,10 @@ class ENOT(core.Trainer):
     :class:`PotentialMLP` (paper: 4 x 128 ELU); user modules map ``(n, dim)``
     to ``(n,)``. They act on standardised data (:class:`softk.enot.Standardizer`);
     ``transport``, ``f`` and ``g`` take and give the data's coordinates.
-    ``conjugate_steps > 0`` refines ``T^`` by that many gradient steps on
-    ``c(x, y) - g(y)`` (step ``conjugate_lr``): with ``expectile_weight=0``
-    this is the W2OT-style baseline.
+    ``conjugate="lbfgs"`` (or ``"gradient"``) solves ``min_y c(x, y) - g(y)``
+    from ``T(x)`` before the dual update (:mod:`softk.enot_conjugate`, on
+    gradients from autograd): with ``expectile_weight=0`` and
+    ``amortization="regression"`` this is the amortised-conjugate (W2OT) baseline.
     """
 
     def __init__(
@@ -65,12 +66,14 @@ class ENOT(core.Trainer):
         cost: core.PowerCost | None = None, tau: float = 0.99, expectile_weight: float = 1.0, lr: float = 3e-4,
         lr_schedule: str = "constant", lr_steps: int | None = None, betas: tuple[float, float] = (0.9, 0.9),
         hidden: Sequence[int] = (128, 128, 128, 128), quadratic: bool = True, standardize: bool = True,
-        bidirectional: bool = True, batch_size: int = 1024, conjugate_steps: int = 0, conjugate_lr: float = 0.5,
-        seed: int = 0, dtype: Any = "float32", check_every: int = 10,
+        bidirectional: bool = False, batch_size: int = 1024, conjugate: str | None = None, conjugate_steps: int = 20,
+        conjugate_lr: float = 0.5, conjugate_gtol: float = 1e-5, amortization: str = "objective", seed: int = 0,
+        dtype: Any = "float32", check_every: int = 10,
     ):
         super().__init__(dim, cost=cost, tau=tau, expectile_weight=expectile_weight, lr=lr, lr_schedule=lr_schedule,
-                         lr_steps=lr_steps, batch_size=batch_size, conjugate_steps=conjugate_steps,
-                         conjugate_lr=conjugate_lr, standardize=standardize, bidirectional=bidirectional,
+                         lr_steps=lr_steps, batch_size=batch_size, conjugate=conjugate,
+                         conjugate_steps=conjugate_steps, conjugate_lr=conjugate_lr, conjugate_gtol=conjugate_gtol,
+                         amortization=amortization, standardize=standardize, bidirectional=bidirectional,
                          check_every=check_every)
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         mlp = dict(quadratic=quadratic, dtype=self.dtype)
@@ -98,21 +101,28 @@ class ENOT(core.Trainer):
     def _g_std(self, y: torch.Tensor) -> torch.Tensor:
         return self.g_net(y)
 
-    def _refine(self, net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``conjugate_steps`` gradient steps on ``y -> c(x, y) - g(y)`` (``g``: ``net``) from ``t``."""
-        for _ in range(self.conjugate_steps):
-            t = t.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad((self.cost(x, t) - net(t)).sum(), t)
-            t = t - self.conjugate_lr * grad
-        return t.detach()
+    def _objective(self, net: torch.nn.Module, x: torch.Tensor) -> Any:
+        """``y -> (c(x, y) - g(y), its gradient in y)`` row by row, without graph (``g``: ``net``)."""
+        x = x.detach()
+
+        def fun(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.enable_grad():
+                y = y.detach().requires_grad_(True)
+                value = self.cost(x, y) - net(y)
+                (grad,) = torch.autograd.grad(value.sum(), y)
+            return value.detach(), grad
+
+        return fun
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor, backward: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(dual loss, map loss)``; ``backward``: ``g`` maps the target batch ``x`` to ``y``, ``f`` is the dual."""
         net, dual_net = (self.g_net, self.f_net) if backward else (self.f_net, self.g_net)
         t = self._map(net, x, create_graph=True)
-        t_hat = self._refine(dual_net, x, t) if self.conjugate_steps else stop_gradient(t)
+        t_hat, self.last_conjugate = self._solve(self._objective(dual_net, x), t)
         dual = core.dual_loss(dual_net(y), dual_net(t_hat), self.cost(x, t_hat), self.cost(x, y),
                               tau=self.tau, expectile_weight=self.expectile_weight)
+        if self.amortization == "regression":
+            return dual, core.regression_loss(t, t_hat)
         return dual, core.map_loss(self.cost(x, t), dual_net(t))
 
     def losses(self, x: Any, y: Any) -> tuple[float, float]:
