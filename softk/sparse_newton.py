@@ -170,10 +170,10 @@ def conjugate_gradients(xp: Any, matvec: Any, diag: Any, rhs: Any, mu: Any, rtol
     return while_loop(xp, cond, body, state)[1]
 
 
-def solve(xp: Any, ct: Any, a: Any, b: Any, *, k: int, gamma: float, dual: bool, tol: float, max_iter: int) -> SparseSolution:
+def solve(xp: Any, ct: Any, a: Any, b: Any, *, k: int, gamma: float, dual: bool, tol: float, max_iter: int, start: Any = None) -> SparseSolution:
     """Maximise the (semi-)dual for the transposed cost ``ct`` (..., m, n).
 
-    The semi-dual starts from ``alpha = 0``. The dual starts from the semi-dual's
+    The semi-dual starts from ``start`` (..., n) (zeros if None). The dual starts from the semi-dual's
     solution, with ``beta_j = mean_{S_j}(gamma P_ij - alpha_i + C_ij)``: the two
     plans coincide there (the dual's plan is then feasible, its gradient zero,
     wherever it is differentiable), and dual Newton steps finish the job.
@@ -183,9 +183,11 @@ def solve(xp: Any, ct: Any, a: Any, b: Any, *, k: int, gamma: float, dual: bool,
     ``max_iter`` steps in all. Newton hands over to L-BFGS after ``STALLS`` steps
     in a row that cut the marginal error by less than 1% (near a kink of the
     objective, where the cardinality constraint binds, or in a long
-    combinatorial phase); L-BFGS stops after ``STALLS`` steps in a row without
-    ascent or progress (the maximiser is then a kink: the plan read off it cannot
-    meet the marginals, and ``stationary`` is True with ``converged`` False).
+    combinatorial phase); L-BFGS stops after ``STALLS`` steps in a row that raise
+    the objective by less than ``PROGRESS`` (relative): near a kink, where the
+    plan read off the dual cannot meet the marginals, grinding on buys little
+    (``stationary`` is then True with ``converged`` False, and
+    :mod:`softk.sparse_repair` repairs the plan).
     """
     dtype, dev = ct.dtype, device(ct)
     m, n = ct.shape[-2:]
@@ -251,10 +253,10 @@ def solve(xp: Any, ct: Any, a: Any, b: Any, *, k: int, gamma: float, dual: bool,
         x, current, stalls = newton_step(x, current, stalls)
         return it + 1, x, current, stalls
 
-    x0 = xp.zeros((*batch, n), dtype=dtype, device=dev)
+    x0 = xp.zeros((*batch, n), dtype=dtype, device=dev) if start is None else start
     it0 = xp.asarray(0, device=dev)
     if dual:
-        first = solve(xp, ct, a, b, k=k, gamma=gamma, dual=False, tol=tol, max_iter=max_iter)
+        first = solve(xp, ct, a, b, k=k, gamma=gamma, dual=False, tol=tol, max_iter=max_iter, start=start)
         weight = xp.astype(first.mass > 0.0, dtype)
         gap = gamma * first.mass - Support(xp, first.idx, n).gather(first.alpha) + xp.take_along_axis(ct, first.idx, axis=-1)
         beta = xp.sum(weight * gap, axis=-1) / xp.maximum(xp.sum(weight, axis=-1), xp.ones_like(gap[..., 0]))
@@ -335,7 +337,7 @@ def lbfgs(xp: Any, at: Any, error: Any, it: Any, x: Any, current: tuple, tol: fl
         _, t, ok, found = while_loop(xp, lcond, lbody, (xp.asarray(1, device=dev), xp.ones_like(f0), xp.logical_or(ok, finished), found))
         t = xp.where(xp.logical_and(ok, xp.logical_not(finished)), t, xp.zeros_like(t))
         step = t[..., None] * d
-        flat = found[0] - f0 <= FTOL * (xp.abs(f0) + 1.0)
+        flat = found[0] - f0 <= PROGRESS * (xp.abs(f0) + slack)
         stalls = xp.where(finished, stalls, xp.where(flat, stalls + 1, xp.zeros_like(stalls)))
         moved = (t > 0)[..., None]
         s_hist = _push(xp, s_hist, step, moved)
@@ -348,7 +350,7 @@ def lbfgs(xp: Any, at: Any, error: Any, it: Any, x: Any, current: tuple, tol: fl
 
 
 MEMORY = 10
-FTOL = 1e-12  # L-BFGS: a step raising the objective by less than this (relative) makes no progress
+PROGRESS = 1e-5  # L-BFGS: a step raising the objective by less than this (relative) makes no progress
 
 
 def _pick(xp: Any, flag: Any, new: tuple, old: tuple) -> tuple:

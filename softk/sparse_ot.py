@@ -36,14 +36,16 @@ from array_api_compat import device
 from ._dispatch import glue_for, values_known
 from ._op import CoreOp, differentiable
 from ._validate import check_choice, check_finite_values, check_int, check_positive_float, namespace_of
-from ._warnings import warn_if_not_converged
+from ._warnings import NotConvergedWarning, warn_if_not_converged
 from .sparse_newton import Support, conjugate_gradients, evaluate, hessian_products, solve
 from .sparse_projection import scatter_last
+from .sparse_repair import repaired
 
 __all__ = ["sparse_ot", "SparseOTResult", "MarginalGapWarning", "sparse_ot_value", "sparse_ot_plan"]
 
 FORMULATIONS = ("semi-dual", "dual")
 GRAD_TOL = 1e-12  # relative residual of the plan VJP's conjugate-gradient solve
+WARM_EPSILON = 1e-3  # entropic warm start, relative to the cost's range
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,16 @@ class SparseOTResult:
     alpha, beta : arrays (..., n), (..., m)
         Dual variables (no gradient); for the semi-dual ``beta`` is the equivalent dual variable.
     objective : array (...,)
-        The (semi-)dual objective at the solution; differentiable (``dF/dC = plan``).
+        Differentiable (``d objective / dC = plan``). The primal objective
+        ``<P, C> + (gamma / 2) ||P||^2`` of the repaired plan; where no repair ran (the
+        dual readout met ``tol``, or under ``jax.jit``), the (semi-)dual objective at the
+        solution, which equals the plan's primal objective when the marginals are met.
+    dual_value : array (...,)
+        The semi-dual at the returned ``alpha`` of the dual solve: a certified lower bound
+        on the optimum of the (non-convex) problem, whatever the solver's progress.
+    gap : array (...,)
+        ``objective - dual_value``: how far, at most, the returned plan is from optimal
+        (when it meets the marginals).
     error : 0-d array
         Marginal violation of ``plan``: ``||P 1 - a||_1 + ||P^T 1 - b||_1``, worst over the batch.
     n_iter : 0-d array
@@ -73,6 +84,8 @@ class SparseOTResult:
     alpha: Any
     beta: Any
     objective: Any
+    dual_value: Any
+    gap: Any
     error: Any
     n_iter: Any
     converged: Any
@@ -82,13 +95,27 @@ def _solve(xp, cost, a, b, *, k, gamma, formulation, tol, max_iter):
     """Solve, and pack ``(alpha, beta, error, n_iter, converged, stationary)`` along the last axis."""
     ct = xp.matrix_transpose(cost)
     n = cost.shape[-2]
-    sol = solve(xp, ct, a, b, k=k, gamma=gamma, dual=formulation == "dual", tol=tol, max_iter=max_iter)
+    sol = solve(xp, ct, a, b, k=k, gamma=gamma, dual=formulation == "dual", tol=tol, max_iter=max_iter, start=_warm_start(xp, cost, a, b))
     beta = sol.beta if sol.beta is not None else _semidual_beta(xp, ct, sol.alpha, sol.mass, sol.idx, gamma)
     rows = Support(xp, sol.idx, n).rowsum(sol.mass)
     l1 = xp.sum(xp.abs(rows - a), axis=-1) + xp.sum(xp.abs(xp.sum(sol.mass, axis=-1) - b), axis=-1)
     flags = [xp.max(xp.reshape(l1, (-1,))), sol.n_iter, sol.converged, sol.stationary]
     extra = xp.broadcast_to(xp.stack([xp.astype(f, cost.dtype) for f in flags]), (*cost.shape[:-2], 4))
-    return xp.concat([sol.alpha, beta, extra], axis=-1)
+    gam = xp.full(cost.shape[:-2], gamma, dtype=cost.dtype, device=device(cost))
+    lower = evaluate(xp, ct, a, b, sol.alpha, gam, k, False)[0]  # the semi-dual at any alpha bounds the primal below
+    return xp.concat([sol.alpha, beta, lower[..., None], extra], axis=-1)
+
+
+def _warm_start(xp, cost, a, b):
+    """``alpha`` from entropic OT at ``WARM_EPSILON`` times the cost's range (the Sinkhorn potential ``f``)."""
+    import softk  # the public Sinkhorn entry point (softk imports this module's package)
+
+    span = xp.max(cost, axis=(-2, -1), keepdims=True) - xp.min(cost, axis=(-2, -1), keepdims=True)
+    span = xp.where(span > 0.0, span, xp.ones_like(span))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotConvergedWarning)  # a warm start only
+        f = softk.sinkhorn(cost / span, a=a, b=b, epsilon=WARM_EPSILON, tol=1e-2, max_iter=5000).f
+    return f * span[..., 0]
 
 
 def _semidual_beta(xp, ct, alpha, mass, idx, gamma):
@@ -137,7 +164,7 @@ def _plan_at(xp, cost, a, b, packed, *, k, gamma, formulation, **_):
     return _dense(xp, mass, idx, cost.shape[-2]), (idx, weight)
 
 
-def _plan_at_vjp(xp, arrays, residuals, cotangent, *, k, gamma, formulation, **_):
+def _plan_at_vjp(xp, arrays, residuals, cotangent, *, gamma, formulation, **_):
     """Implicit VJP on the fixed support (module docstring); ``y`` solves the Hessian system."""
     cost = arrays[0]
     idx, weight = residuals
@@ -174,23 +201,65 @@ VALUE_AT = CoreOp("sparse_ot_value", _value_at, _value_at_vjp)
 PLAN_AT = CoreOp("sparse_ot_plan", _plan_at, _plan_at_vjp)
 
 
-def _solving(name: str, at: CoreOp) -> CoreOp:
-    """``at`` with its own solve in front, for :func:`softk.vjp` (one op, gradients for every array)."""
+def _fixed_plan(xp, cost, a, b, mass, idx, duals, **_):
+    return _dense(xp, mass, idx, cost.shape[-2]), (xp.astype(mass > 0.0, cost.dtype),)
+
+
+def _fixed_plan_vjp(xp, arrays, residuals, cotangent, *, gamma, **_):
+    """The repaired plan's VJP: the implicit one of the quadratic problem restricted to its support."""
+    support = (arrays[4], residuals[0])
+    return (*_plan_at_vjp(xp, arrays, support, cotangent, gamma=gamma, formulation="dual")[:3], None, None, None)
+
+
+def _fixed_value(xp, cost, a, b, mass, idx, duals, *, gamma, **_):
+    """``<P, C> + (gamma / 2) ||P||^2`` of the repaired plan."""
+    plan = _dense(xp, mass, idx, cost.shape[-2])
+    return xp.sum(plan * cost, axis=(-2, -1)) + 0.5 * gamma * xp.sum(mass * mass, axis=(-2, -1)), (plan,)
+
+
+def _fixed_value_vjp(xp, arrays, residuals, cotangent, **_):
+    n, v = arrays[0].shape[-2], cotangent[..., None]
+    duals = arrays[-1]
+    return cotangent[..., None, None] * residuals[0], v * duals[..., :n], v * duals[..., n:], None, None, None
+
+
+FIXED_PLAN = CoreOp("sparse_ot_repaired_plan", _fixed_plan, _fixed_plan_vjp)
+FIXED_VALUE = CoreOp("sparse_ot_repaired_value", _fixed_value, _fixed_value_vjp)
+
+
+def _repair(xp, cost, a, b, packed, *, k, gamma, **_):
+    """``(mass, idx, duals)`` of the repaired plan where the dual readout misses ``tol`` and the
+    values can be read (eager); None otherwise."""
+    if not values_known(xp, packed) or bool(xp.reshape(packed[..., -2], (-1,))[0] > 0.5):
+        return None
+    return repaired(xp, cost, a, b, packed[..., : cost.shape[-2]], k, gamma)
+
+
+def _solving(name: str, at: CoreOp, fixed: CoreOp) -> CoreOp:
+    """``at`` (or ``fixed``, on the repaired plan) with its own solve in front, for :func:`softk.vjp`
+    (one op, gradients for every array). The branch taken shows in the residuals' count."""
 
     def forward(xp, cost, a, b, **params):
         packed = _solve(xp, cost, a, b, **params)
+        found = _repair(xp, cost, a, b, packed, **params)
+        if found is not None:
+            _check_repair(xp, cost, a, b, found[0], found[1], params["tol"])
+            out, residuals = fixed.forward(xp, cost, a, b, *found, **params)
+            return out, (*found, *residuals)
         _warn(xp, packed)
         out, residuals = at.forward(xp, cost, a, b, packed, **params)
         return out, (packed, *residuals)
 
     def backward(xp, arrays, residuals, cotangent, **params):
+        if len(residuals) == 4:
+            return fixed.backward(xp, (*arrays, *residuals[:3]), residuals[3:], cotangent, **params)[:3]
         return at.backward(xp, (*arrays, residuals[0]), residuals[1:], cotangent, **params)[:3]
 
     return CoreOp(name, forward, backward)
 
 
-VALUE = _solving("sparse_ot_value", VALUE_AT)
-PLAN = _solving("sparse_ot_plan", PLAN_AT)
+VALUE = _solving("sparse_ot_value", VALUE_AT, FIXED_VALUE)
+PLAN = _solving("sparse_ot_plan", PLAN_AT, FIXED_PLAN)
 
 
 class MarginalGapWarning(RuntimeWarning):
@@ -254,18 +323,47 @@ def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, 
     arrays, params = _prepare(cost, a, b, k, gamma, formulation, tol, max_iter)
     xp = namespace_of(cost=arrays[0])
     packed = SOLVE.bind(*arrays, **params)
-    _warn(xp, packed)
     n, m = arrays[0].shape[-2:]
-    scalars = xp.reshape(packed[..., n + m :], (-1, 4))[0, :]
+    scalars = xp.reshape(packed[..., n + m + 1 :], (-1, 4))[0, :]
+    lower = packed[..., n + m]
+    found = _repair(xp, *arrays, packed, **params)
+    if found is None:
+        _warn(xp, packed)
+        plan = PLAN_AT.bind(*arrays, packed, **params)
+        objective = VALUE_AT.bind(*arrays, packed, **params)
+        alpha, beta, error, converged = packed[..., :n], packed[..., n : n + m], scalars[0], scalars[2] > 0.5
+    else:
+        error, converged = _check_repair(xp, *arrays, found[0], found[1], params["tol"])
+        plan = FIXED_PLAN.bind(*arrays, *found, **params)
+        objective = FIXED_VALUE.bind(*arrays, *found, **params)
+        alpha, beta = found[2][..., :n], found[2][..., n:]
     return SparseOTResult(
-        plan=PLAN_AT.bind(*arrays, packed, **params),
-        alpha=packed[..., :n],
-        beta=packed[..., n : n + m],
-        objective=VALUE_AT.bind(*arrays, packed, **params),
-        error=scalars[0],
+        plan=plan,
+        alpha=alpha,
+        beta=beta,
+        objective=objective,
+        dual_value=lower,
+        gap=objective - lower,
+        error=error,
         n_iter=xp.astype(scalars[1], xp.int64),
-        converged=scalars[2] > 0.5,
+        converged=converged,
     )
+
+
+def _check_repair(xp, cost, a, b, mass, idx, tol):
+    """``(error, converged)`` of the repaired plan; a :class:`MarginalGapWarning` if it misses ``tol``."""
+    plan = _dense(xp, mass, idx, cost.shape[-2])
+    rows, cols = xp.sum(plan, axis=-1) - a, xp.sum(plan, axis=-2) - b
+    l1 = xp.max(xp.reshape(xp.sum(xp.abs(rows), axis=-1) + xp.sum(xp.abs(cols), axis=-1), (-1,)))
+    worst = xp.maximum(xp.max(xp.abs(rows) / a), xp.max(xp.abs(cols) / b))
+    if not bool(worst <= tol):
+        warnings.warn(
+            "sparse_ot: the primal repair found no plan with at most k nonzeros per column that meets "
+            "the marginals on the candidate graph; the plan misses them by result.error",
+            MarginalGapWarning,
+            stacklevel=3,
+        )
+    return l1, worst <= tol
 
 
 @differentiable(VALUE)
