@@ -6,23 +6,28 @@ Primal, per leading batch index (docs/sparse_ot.md)::
                                        at most k nonzeros in each column of P.
 
 It is non-convex; its semi-dual (in ``alpha``) and dual (in ``alpha, beta``)
-are concave, and :mod:`softk.sparse_newton` maximises them by Newton's method.
-The plan is read off the dual variables: column ``j`` is ``b_j`` times the
-k-sparse simplex projection (:mod:`softk.sparse_projection`) of
-``(alpha - C[:, j]) / (gamma b_j)`` (semi-dual), or the top-k part of
-``[alpha + beta_j - C[:, j]]_+ / gamma`` (dual), so it has at most ``k``
-nonzeros per column exactly. ``k = 1`` is unregularised OT where a one-sparse
-plan exists, ``k = n`` quadratically regularised OT.
+are concave (the duals of its convex relaxation). Three steps:
 
-Gradients (never through the solver's iterations):
+1. ``alpha`` starts from the Sinkhorn potential of entropic OT at
+   ``WARM_EPSILON`` times the cost's range; :mod:`softk.sparse_newton` (then
+   :mod:`softk.sparse_lbfgs`) ascends the (semi-)dual until the marginals are
+   met or the ascent stalls. The semi-dual at any ``alpha`` is a lower bound
+   on the primal optimum: ``dual_value``.
+2. The plan is read off the dual variables: column ``j`` is ``b_j`` times the
+   k-sparse simplex projection (:mod:`softk.sparse_projection`) of
+   ``(alpha - C[:, j]) / (gamma b_j)`` (semi-dual), or the top-k part of
+   ``[alpha + beta_j - C[:, j]]_+ / gamma`` (dual): at most ``k`` nonzeros per
+   column exactly.
+3. Where that plan misses ``tol`` (the constraint binds: the dual's maximiser
+   is a kink) and the values can be read (eager, not under ``jax.jit``),
+   :mod:`softk.sparse_repair` moves mass on a candidate graph into a plan that
+   meets the marginals with at most ``k`` nonzeros per column; ``gap`` is its
+   objective minus ``dual_value``.
 
-* objective: envelope theorem, ``dF/dC = P``, ``dF/da = alpha``, ``dF/db = beta``
-  (for the semi-dual ``beta_j = -gamma b_j tau_j``, ``tau_j`` the projection's
-  threshold: the equivalent dual variable);
-* plan: implicit differentiation of the marginal constraints with the support
-  of ``P`` held fixed, which is its derivative wherever the support is locally
-  constant (almost everywhere; the plan jumps where it changes). One
-  conjugate-gradient solve with the sparse Hessian of :mod:`softk.sparse_newton`.
+``k = 1`` is unregularised OT where a one-sparse plan exists, ``k = n``
+quadratically regularised OT. Gradients (:mod:`softk.sparse_ops`) never go
+through the iterations: envelope theorem for the objective, implicit
+differentiation on the plan's support for the plan.
 """
 
 from __future__ import annotations
@@ -37,14 +42,13 @@ from ._dispatch import glue_for, values_known
 from ._op import CoreOp, differentiable
 from ._validate import check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 from ._warnings import NotConvergedWarning, warn_if_not_converged
-from .sparse_newton import Support, conjugate_gradients, evaluate, hessian_products, solve
-from .sparse_projection import scatter_last
+from .sparse_newton import Support, evaluate, solve
+from .sparse_ops import FIXED_PLAN, FIXED_VALUE, PLAN_AT, VALUE_AT, dense, stop_gradient
 from .sparse_repair import repaired
 
 __all__ = ["sparse_ot", "SparseOTResult", "MarginalGapWarning", "sparse_ot_value", "sparse_ot_plan"]
 
 FORMULATIONS = ("semi-dual", "dual")
-GRAD_TOL = 1e-12  # relative residual of the plan VJP's conjugate-gradient solve
 WARM_EPSILON = 1e-3  # entropic warm start, relative to the cost's range
 
 
@@ -58,6 +62,8 @@ class SparseOTResult:
         At most ``k`` nonzeros per column; differentiable in ``cost, a, b``.
     alpha, beta : arrays (..., n), (..., m)
         Dual variables (no gradient); for the semi-dual ``beta`` is the equivalent dual variable.
+        For a repaired plan, those of the quadratic problem on its support
+        (``alpha_i + beta_j = C_ij + gamma P_ij`` along a spanning forest of it).
     objective : array (...,)
         Differentiable (``d objective / dC = plan``). The primal objective
         ``<P, C> + (gamma / 2) ||P||^2`` of the repaired plan; where no repair ran (the
@@ -72,12 +78,13 @@ class SparseOTResult:
     error : 0-d array
         Marginal violation of ``plan``: ``||P 1 - a||_1 + ||P^T 1 - b||_1``, worst over the batch.
     n_iter : 0-d array
-        Newton steps.
+        Newton and L-BFGS steps of the dual solve.
     converged : 0-d bool array
-        Whether the relative marginal error reached ``tol``. When the solver instead stops
-        without ascent (the dual's maximiser is a kink, where the cardinality constraint
-        binds), ``converged`` is False, ``error`` is the gap and a :class:`MarginalGapWarning`
-        says so; running out of ``max_iter`` gives a :class:`softk.NotConvergedWarning`.
+        Whether the returned plan meets the marginals to ``tol`` (relative, per entry).
+        If the repair finds no such plan, a :class:`MarginalGapWarning` says so. Under
+        ``jax.jit`` (no repair) the plan is the dual readout: where it misses ``tol`` at a
+        kink, ``converged`` is False and a :class:`MarginalGapWarning` says so; running out
+        of ``max_iter`` there gives a :class:`softk.NotConvergedWarning`.
     """
 
     plan: Any
@@ -125,106 +132,7 @@ def _semidual_beta(xp, ct, alpha, mass, idx, gamma):
     return xp.sum(weight * gap, axis=-1) / xp.maximum(xp.sum(weight, axis=-1), xp.ones_like(gap[..., 0]))
 
 
-def _at(xp, cost, a, b, packed, k, gamma, formulation):
-    """Objective, plan entries ``mass`` (..., m, k) at rows ``idx`` and their positivity, at the solution."""
-    n, m = cost.shape[-2:]
-    dual = formulation == "dual"
-    x = packed[..., : n + m] if dual else packed[..., :n]
-    gam = xp.full(cost.shape[:-2], gamma, dtype=cost.dtype, device=device(cost))
-    a = xp.broadcast_to(a, (*cost.shape[:-2], n))
-    b = xp.broadcast_to(b, (*cost.shape[:-2], m))
-    objective, _, mass, idx, weight = evaluate(xp, xp.matrix_transpose(cost), a, b, x, gam, k, dual)
-    return objective, mass, idx, weight
-
-
-def _dense(xp, mass, idx, n):
-    """The plan ``(..., n, m)`` from its entries ``mass`` (..., m, k) at rows ``idx``."""
-    return xp.matrix_transpose(scatter_last(xp, mass, idx, n))
-
-
-def _stop(xp, arrays, residuals, cotangent, **_):
-    return (None,) * len(arrays)
-
-
-def _value_at(xp, cost, a, b, packed, *, k, gamma, formulation, **_):
-    objective, mass, idx, _ = _at(xp, cost, a, b, packed, k, gamma, formulation)
-    return objective, (mass, idx)
-
-
-def _value_at_vjp(xp, arrays, residuals, cotangent, *, k, gamma, formulation, **_):
-    cost, a, b, packed = arrays
-    mass, idx = residuals
-    n, m = cost.shape[-2:]
-    v = cotangent[..., None]
-    return (cotangent[..., None, None] * _dense(xp, mass, idx, n), v * packed[..., :n], v * packed[..., n : n + m], None)
-
-
-def _plan_at(xp, cost, a, b, packed, *, k, gamma, formulation, **_):
-    _, mass, idx, weight = _at(xp, cost, a, b, packed, k, gamma, formulation)
-    return _dense(xp, mass, idx, cost.shape[-2]), (idx, weight)
-
-
-def _plan_at_vjp(xp, arrays, residuals, cotangent, *, gamma, formulation, **_):
-    """Implicit VJP on the fixed support (module docstring); ``y`` solves the Hessian system."""
-    cost = arrays[0]
-    idx, weight = residuals
-    n, m = cost.shape[-2:]
-    dual = formulation == "dual"
-    support = Support(xp, idx, n)
-    gs = xp.take_along_axis(xp.matrix_transpose(cotangent), idx, axis=-1)  # G at the support, (..., m, k)
-    size = xp.maximum(xp.sum(weight, axis=-1, keepdims=True), xp.ones_like(weight[..., :1]))
-
-    def centred(t):
-        return weight * (t - xp.sum(weight * t, axis=-1, keepdims=True) / size)
-
-    matvec, diag = hessian_products(xp, support, weight, dual, n)
-    if dual:
-        rhs = xp.concat([support.rowsum(weight * gs), xp.sum(weight * gs, axis=-1)], axis=-1)
-    else:
-        rhs = support.rowsum(centred(gs))
-    scale = xp.maximum(xp.mean(diag, axis=-1), xp.ones_like(rhs[..., 0]))
-    y = conjugate_gradients(xp, matvec, diag, rhs, GRAD_TOL * scale, xp.full_like(rhs[..., 0], GRAD_TOL))
-    ya = y[..., :n]
-    if dual:
-        yb = y[..., n:]
-        grad_ct = weight * (support.gather(ya) + yb[..., None] - gs) / gamma
-    else:
-        ys = support.gather(ya)
-        grad_ct = centred(ys - gs) / gamma
-        yb = xp.sum(weight * (gs - ys), axis=-1) / size[..., 0]
-    grad_cost = _dense(xp, grad_ct, idx, n)
-    return grad_cost, ya, yb, None
-
-
-SOLVE = CoreOp("sparse_ot_solve", lambda xp, *arrays, **params: (_solve(xp, *arrays, **params), ()), _stop)
-VALUE_AT = CoreOp("sparse_ot_value", _value_at, _value_at_vjp)
-PLAN_AT = CoreOp("sparse_ot_plan", _plan_at, _plan_at_vjp)
-
-
-def _fixed_plan(xp, cost, a, b, mass, idx, duals, **_):
-    return _dense(xp, mass, idx, cost.shape[-2]), (xp.astype(mass > 0.0, cost.dtype),)
-
-
-def _fixed_plan_vjp(xp, arrays, residuals, cotangent, *, gamma, **_):
-    """The repaired plan's VJP: the implicit one of the quadratic problem restricted to its support."""
-    support = (arrays[4], residuals[0])
-    return (*_plan_at_vjp(xp, arrays, support, cotangent, gamma=gamma, formulation="dual")[:3], None, None, None)
-
-
-def _fixed_value(xp, cost, a, b, mass, idx, duals, *, gamma, **_):
-    """``<P, C> + (gamma / 2) ||P||^2`` of the repaired plan."""
-    plan = _dense(xp, mass, idx, cost.shape[-2])
-    return xp.sum(plan * cost, axis=(-2, -1)) + 0.5 * gamma * xp.sum(mass * mass, axis=(-2, -1)), (plan,)
-
-
-def _fixed_value_vjp(xp, arrays, residuals, cotangent, **_):
-    n, v = arrays[0].shape[-2], cotangent[..., None]
-    duals = arrays[-1]
-    return cotangent[..., None, None] * residuals[0], v * duals[..., :n], v * duals[..., n:], None, None, None
-
-
-FIXED_PLAN = CoreOp("sparse_ot_repaired_plan", _fixed_plan, _fixed_plan_vjp)
-FIXED_VALUE = CoreOp("sparse_ot_repaired_value", _fixed_value, _fixed_value_vjp)
+SOLVE = CoreOp("sparse_ot_solve", lambda xp, *arrays, **params: (_solve(xp, *arrays, **params), ()), stop_gradient)
 
 
 def _repair(xp, cost, a, b, packed, *, k, gamma, **_):
@@ -263,8 +171,10 @@ PLAN = _solving("sparse_ot_plan", PLAN_AT, FIXED_PLAN)
 
 
 class MarginalGapWarning(RuntimeWarning):
-    """:func:`sparse_ot` maximised its dual at a kink: the cardinality constraint binds, and the
-    plan read off the dual variables violates the marginals (by ``error``)."""
+    """:func:`sparse_ot` returns a plan that violates the marginals (by ``error``): the repair
+    found no feasible plan with at most ``k`` nonzeros per column on its candidate graph, or
+    (under ``jax.jit``, no repair) the dual is maximised at a kink, where the cardinality
+    constraint binds, and the plan read off it misses the marginals."""
 
 
 def _warn(xp, packed):
@@ -288,7 +198,9 @@ def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, 
     ``min <P, C> + (gamma / 2) ||P||^2`` over couplings of ``a`` and ``b`` whose
     columns have at most ``k`` nonzeros, through its concave ``formulation``
     (``"semi-dual"`` in ``alpha``, columns exact; or ``"dual"`` in ``alpha, beta``),
-    maximised by semismooth Newton (:mod:`softk.sparse_newton`).
+    maximised by semismooth Newton from a Sinkhorn warm start, then, where the
+    constraint binds, a primal repair (module docstring); ``gap`` bounds how far
+    the returned plan is from optimal.
 
     Parameters
     ----------
@@ -305,7 +217,8 @@ def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, 
         Stop when ``max_i |(P 1)_i - a_i| / a_i <= tol`` (and the columns' for the dual);
         default 1e-9 in float64, 1e-4 in float32.
     max_iter : int
-        Newton steps; a :class:`softk.NotConvergedWarning` says when they run out.
+        Steps of the dual solve (it stops earlier once its ascent stalls); the repair
+        makes the plan feasible wherever they stop (eager).
 
     Returns
     -------
@@ -326,14 +239,14 @@ def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, 
     n, m = arrays[0].shape[-2:]
     scalars = xp.reshape(packed[..., n + m + 1 :], (-1, 4))[0, :]
     lower = packed[..., n + m]
-    found = _repair(xp, *arrays, packed, **params)
+    found = _repair(xp, arrays[0], arrays[1], arrays[2], packed, **params)
     if found is None:
         _warn(xp, packed)
         plan = PLAN_AT.bind(*arrays, packed, **params)
         objective = VALUE_AT.bind(*arrays, packed, **params)
         alpha, beta, error, converged = packed[..., :n], packed[..., n : n + m], scalars[0], scalars[2] > 0.5
     else:
-        error, converged = _check_repair(xp, *arrays, found[0], found[1], params["tol"])
+        error, converged = _check_repair(xp, arrays[0], arrays[1], arrays[2], found[0], found[1], params["tol"])
         plan = FIXED_PLAN.bind(*arrays, *found, **params)
         objective = FIXED_VALUE.bind(*arrays, *found, **params)
         alpha, beta = found[2][..., :n], found[2][..., n:]
@@ -352,7 +265,7 @@ def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, 
 
 def _check_repair(xp, cost, a, b, mass, idx, tol):
     """``(error, converged)`` of the repaired plan; a :class:`MarginalGapWarning` if it misses ``tol``."""
-    plan = _dense(xp, mass, idx, cost.shape[-2])
+    plan = dense(xp, mass, idx, cost.shape[-2])
     rows, cols = xp.sum(plan, axis=-1) - a, xp.sum(plan, axis=-2) - b
     l1 = xp.max(xp.reshape(xp.sum(xp.abs(rows), axis=-1) + xp.sum(xp.abs(cols), axis=-1), (-1,)))
     worst = xp.maximum(xp.max(xp.abs(rows) / a), xp.max(xp.abs(cols) / b))

@@ -58,7 +58,7 @@ def repaired(xp: Any, cost: Any, a: Any, b: Any, alpha: Any, k: int, gamma: floa
     for cand, plan, costs, weights in zip(*host):
         repair(cand, plan, weights, k)
         alpha_t, beta_t = tree_duals(cand, plan, costs, n, gamma)
-        slots = [sorted(range(len(col)), key=lambda s, col=col: -col[s]) for col in plan]  # largest first
+        slots = [sorted(range(len(col)), key=col.__getitem__, reverse=True) for col in plan]  # largest first
         out_mass.append([[col[s] for s in order[:k]] for col, order in zip(plan, slots)])
         out_idx.append([[rows[s] for s in order[:k]] for rows, order in zip(cand, slots)])
         out_duals.append(alpha_t + beta_t)
