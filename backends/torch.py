@@ -99,15 +99,20 @@ def _backward(ctx: Any, cotangents: tuple) -> tuple:
     if torch.is_grad_enabled() and rebuild is not None:  # a second derivative is being recorded
         rebuilt = rebuild(xp, arrays, outs if n_out > 1 else outs[0], **ctx.params)
         if rebuilt is not None:
-            return (None, None, *ctx.op.backward(xp, arrays, rebuilt, cotangent, **ctx.params))
+            return (None, None, *ctx.op.backward(xp, arrays, rebuilt, cotangent, **_backward_params(ctx)))
     return _first_order(ctx, arrays, residuals, cotangent)
+
+
+def _backward_params(ctx: Any) -> dict:
+    """The op's params, plus which inputs want a gradient where the op asks (``CoreOp.needs``)."""
+    return {**ctx.params, "needs": tuple(ctx.needs_input_grad[2:])} if ctx.op.needs else ctx.params
 
 
 def _first_order(ctx: Any, arrays: tuple, residuals: tuple, cotangent: Any) -> tuple:
     """The core backward with the residuals as saved; differentiating it again raises."""
     recording = torch.is_grad_enabled()
     with torch.no_grad():
-        grads = ctx.op.backward(xp, arrays, residuals, cotangent, **ctx.params)
+        grads = ctx.op.backward(xp, arrays, residuals, cotangent, **_backward_params(ctx))
     if recording:  # tie each gradient to the inputs, so differentiating it reaches the error
         cots = cotangent if isinstance(cotangent, tuple) else (cotangent,)
         ties = tuple(t for t in (*arrays, *cots) if t is not None)

@@ -5,6 +5,11 @@ A :class:`CoreOp` is a pair of pure array-API functions:
 * ``forward(xp, *arrays, **params) -> (out, residuals)``
 * ``backward(xp, arrays, residuals, cotangent, **params) -> grads``
 
+An op that declares ``needs=True`` also receives ``needs``, one boolean per
+array argument (False: nobody wants that gradient; return None for it), so a
+frozen input costs nothing; the PyTorch glue fills it from autograd, other
+backends ask for every gradient (JAX's compiler drops unused ones under ``jit``).
+
 ``out`` is one array, or a tuple of arrays when the op declares ``n_out > 1``;
 the backward then receives a tuple of cotangents, one per output, where
 ``None`` stands for a zero cotangent (an output nobody differentiated, or an
@@ -58,6 +63,7 @@ class CoreOp:
     forward: Callable[..., tuple[Any, tuple[Any, ...]]]
     backward: Callable[..., tuple[Any, ...]]
     n_out: int = 1
+    needs: bool = False
 
     def bind(self, *arrays: Any, **params: Any) -> Any:
         """Apply the op with the framework's autograd registration."""

@@ -15,7 +15,7 @@ From the entropic plan ``P``:
 
 Both solvers start from the unregularised potentials, which one sort gives in
 1-D (:func:`hard_potentials`). Few targets (``M <= 32``) are solved by Newton on
-the semi-dual (:mod:`softk._ot.newton`), more by Sinkhorn (:func:`softk._ot.kernel.solve_plan`:
+the semi-dual (:mod:`softk._ot.newton`), more by Sinkhorn (:func:`softk._ot.solved.solved_plan`:
 kernel-mode matrix-vector products with absorption and adaptive over-relaxation;
 log-domain under ``jax.jit``). Either way the gradient is the implicit VJP of
 the plan, chained through the squashing without forming an n x M array
@@ -35,7 +35,7 @@ from array_api_compat import device
 from ._layout import from_rows, to_rows
 from ._op import CoreOp, differentiable
 from ._ot.implicit import schur_method, schur_solve
-from ._ot.kernel import solve_plan as sinkhorn_plan
+from ._ot.solved import solved_plan
 from ._ot.newton import semidual_newton_plan
 from ._validate import (
     check_axis,
@@ -77,16 +77,15 @@ def transport_plan(
 
     ``init = (f, g)``: warm start (e.g. :func:`hard_potentials`; Newton uses
     ``g`` only, ``f`` may be ``None``), which replaces epsilon continuation.
-    Sinkhorn is :func:`softk._ot.kernel.solve_plan` (kernel-mode, absorption-stabilised,
-    over-relaxed; log-domain under ``jax.jit``).
+    Sinkhorn is :func:`softk._ot.solved.solved_plan` (kernel-mode, absorption-stabilised,
+    over-relaxed, log-domain under ``jax.jit``; its ``error`` measured on the returned plan).
     """
     if method == "newton":
         g0 = None if init is None else init[1]
         result, plan = semidual_newton_plan(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter, init=g0)
-    else:
-        result, plan = sinkhorn_plan(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter, init=init)
-    warn_if_not_converged(xp, result.converged, f"{what}'s {method} solver")
-    return plan
+        warn_if_not_converged(xp, result.converged, f"{what}'s {method} solver")
+        return plan
+    return solved_plan(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter, init=init, what=f"{what}'s {method} solver")[0]
 
 
 def hard_potentials(xp: Any, s: Any, y: Any, weights: list[float], *, sources: bool = True) -> tuple[Any, Any]:

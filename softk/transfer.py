@@ -11,7 +11,7 @@ where ``N`` normalises each neuron (``normalize``). ``W`` does not change when
 the neurons of either layer are permuted, and ``p`` and ``q`` may differ. With
 ``debias=True`` it is the Sinkhorn divergence ``W(s, t) - (W(s, s) + W(t, t)) / 2``.
 
-The solve is :func:`softk.sinkhorn` on the ``p x q`` cost (one matrix
+The solve is the engine's kernel strategy on the ``p x q`` cost (one matrix
 product); its plan ``P`` gives the gradient by the envelope theorem, never by
 unrolling: ``dW/ds_i = 2 (a s_i - (P t)_i)``, ``dW/dt_j = 2 (b t_j - (P^T s)_j)``
 (for ``W(s, s)`` both arguments move: ``2 (2 a s_i - ((P + P^T) s)_i)``),
@@ -25,9 +25,8 @@ from typing import Any
 
 from array_api_compat import device
 
-import softk
-
 from ._op import CoreOp, differentiable
+from ._ot.solved import solved_plan
 from ._validate import check_choice, check_finite_values, check_int, check_positive_float, namespace_of
 
 __all__ = ["ot_transfer_loss"]
@@ -55,35 +54,40 @@ def _normalise(xp: Any, x: Any, normalize: str) -> tuple[Any, Any]:
 
 def _normalise_vjp(xp: Any, z: Any, r: Any, grad: Any, normalize: str) -> Any:
     """VJP of :func:`_normalise` at its output ``z``: for ``"standardize"`` (``z = c r / sqrt(B)``,
-    ``c`` the centred neuron) ``(r / sqrt(B)) (g - mean(g) - z <g, z>)``, per column."""
+    ``c`` the centred neuron) ``(r / sqrt(B)) (g - mean(g) - z <g, z>)``, per column.
+    Overwrites ``grad`` where the library allows (it is the caller's temporary)."""
     batch = z.shape[-2]
     if normalize == "none":
         return grad
     if normalize == "batch":
-        return grad / math.sqrt(batch)
-    g_centred = grad - xp.mean(grad, axis=-2, keepdims=True)
-    return (r / math.sqrt(batch)) * (g_centred - z * xp.sum(grad * z, axis=-2, keepdims=True))
+        grad *= 1.0 / math.sqrt(batch)
+        return grad
+    dot = xp.sum(grad * z, axis=-2, keepdims=True)
+    grad -= xp.mean(grad, axis=-2, keepdims=True)
+    grad -= z * dot
+    grad *= r / math.sqrt(batch)
+    return grad
 
 
 def _solve(xp: Any, x: Any, y: Any, epsilon: float, tol: float, max_iter: int, scaling: bool) -> tuple[Any, Any]:
     """``(W, P)`` for the squared Euclidean cost between the columns of ``x`` and ``y``.
 
-    The cost is one matrix product, ``[-2 x; 1; |x|^2]^T [y; |y|^2; 1]``. Plan
-    entries below ``tiny / eps_mach`` are set to zero: the products with them
-    in the gradient's matrix products would be subnormal, which CPUs compute
-    much slower (those two products took 2.7x longer at ``epsilon = 0.01`` on
-    the benchmark's structured layers), and they change no gradient entry by
-    more than a rounding.
+    The cost is one matrix product, ``[-2 x; 1; |x|^2]^T [y; |y|^2; 1]``; the
+    plan is the engine's kernel scaled in place (:func:`softk._ot.solved.solved_plan`:
+    one exponential, its entries that would be subnormal exact zeros, ``error``
+    measured on it) and ``W = <f, a> + <g, b>`` from its potentials.
     """
     dev = device(x)
-    ones_x = xp.ones((*x.shape[:-2], 1, x.shape[-1]), dtype=x.dtype, device=dev)
-    ones_y = xp.ones((*y.shape[:-2], 1, y.shape[-1]), dtype=y.dtype, device=dev)
+    p, q = x.shape[-1], y.shape[-1]
+    ones_x = xp.ones((*x.shape[:-2], 1, p), dtype=x.dtype, device=dev)
+    ones_y = xp.ones((*y.shape[:-2], 1, q), dtype=y.dtype, device=dev)
     left = xp.concat([-2.0 * x, ones_x, xp.sum(x * x, axis=-2, keepdims=True)], axis=-2)
     right = xp.concat([y, xp.sum(y * y, axis=-2, keepdims=True), ones_y], axis=-2)
-    out = softk.sinkhorn(_mT(xp, left) @ right, epsilon=epsilon, tol=tol, max_iter=max_iter, scaling=scaling)
-    info = xp.finfo(x.dtype)
-    plan = out.plan
-    return out.cost, xp.where(plan < info.smallest_normal / info.eps, 0.0, plan)
+    cost = _mT(xp, left) @ right
+    log_a = xp.full((*cost.shape[:-2], p), -math.log(p), dtype=x.dtype, device=dev)
+    log_b = xp.full((*cost.shape[:-2], q), -math.log(q), dtype=x.dtype, device=dev)
+    plan, f, g, _, _ = solved_plan(xp, cost, log_a, log_b, epsilon, tol=tol, max_iter=max_iter, scaling=scaling, what="ot_transfer_loss")
+    return xp.mean(f, axis=-1) + xp.mean(g, axis=-1), plan
 
 
 def _forward(xp, student, teacher, *, epsilon, normalize, debias, tol, max_iter, scaling):
@@ -103,27 +107,27 @@ def _forward(xp, student, teacher, *, epsilon, normalize, debias, tol, max_iter,
     return value, tuple(residuals)
 
 
-def _backward(xp, arrays, residuals, cotangent, *, epsilon, normalize, debias, tol, max_iter, scaling):
+def _backward(xp, arrays, residuals, cotangent, *, epsilon, normalize, debias, tol, max_iter, scaling, needs=(True, True)):
     plan, rest = residuals[0], list(residuals[1:])
     p_ss, p_tt = (rest.pop(0), rest.pop(0)) if debias else (None, None)
     s, t = (rest.pop(0), rest.pop(0)) if normalize != "none" else arrays
     rs, rt = rest if normalize == "standardize" else (None, None)
-    p, q = s.shape[-1], t.shape[-1]
-    if debias:
-        # the a s_i terms of W(s, t) and W(s, s) / 2 cancel
-        grad_s = s @ (p_ss + _mT(xp, p_ss)) - 2.0 * (t @ _mT(xp, plan))
-        grad_t = t @ (p_tt + _mT(xp, p_tt)) - 2.0 * (s @ plan)
-    else:
-        grad_s = (2.0 / p) * s - 2.0 * (t @ _mT(xp, plan))
-        grad_t = (2.0 / q) * t - 2.0 * (s @ plan)
     cot = cotangent[..., None, None]
-    return (
-        _normalise_vjp(xp, s, rs, cot * grad_s, normalize),
-        _normalise_vjp(xp, t, rt, cot * grad_t, normalize),
-    )
+    grads = []
+    # dW/ds = 2 (s diag(a) - t P^T), dW/dt = 2 (t diag(b) - s P); debiased, the a s terms of
+    # W(s, t) and W(s, s) / 2 cancel. A frozen layer (needs False) costs no matrix product.
+    for x, other, pt, self_plan, r, need in ((s, t, _mT(xp, plan), p_ss, rs, needs[0]), (t, s, plan, p_tt, rt, needs[1])):
+        if not need:
+            grads.append(None)
+            continue
+        grad = other @ pt
+        grad *= -2.0 * cot
+        grad += cot * (x @ (self_plan + _mT(xp, self_plan)) if debias else (2.0 / x.shape[-1]) * x)
+        grads.append(_normalise_vjp(xp, x, r, grad, normalize))
+    return tuple(grads)
 
 
-TRANSFER = CoreOp("ot_transfer_loss", _forward, _backward)
+TRANSFER = CoreOp("ot_transfer_loss", _forward, _backward, needs=True)
 
 
 @differentiable(TRANSFER)
@@ -156,8 +160,9 @@ def ot_transfer_loss(student, teacher, *, epsilon, cost="sqeuclidean", normalize
         Return the Sinkhorn divergence ``W(s, t) - (W(s, s) + W(t, t)) / 2``
         (zero when the two sets coincide; three solves instead of one).
     tol, max_iter, scaling : float, int, bool
-        Passed to :func:`softk.sinkhorn`: row-marginal L1 tolerance, iteration
-        bound, epsilon scaling. Scaling is off by default: on the standardised
+        As in :func:`softk.sinkhorn`: the marginal L1 error the plan must meet
+        (a :class:`softk.NotConvergedWarning` otherwise), iteration bound,
+        epsilon scaling. Scaling is off by default: on the standardised
         cost (range at most 4) plain iterations from zero potentials converge
         at ``epsilon >= 0.01`` in fewer iterations than the halving schedule
         spends on its stages; turn it on for much smaller ``epsilon``.

@@ -207,13 +207,12 @@ class _Kernel:
     def rebuild(self, eps: float, f: Any, g: Any) -> None:
         """``K`` from potentials in the log domain, its columns normalised to ``b``."""
         xp = self.xp
-        k = f[..., :, None] - self.cost
-        k += g[..., None, :]
-        k /= eps
-        k += self.log_a[..., :, None]
+        k = self.cost / (-eps)
+        k += (f / eps + self.log_a)[..., :, None]
+        k += (g / eps)[..., None, :]
         top = xp.max(k, axis=-2)
         k -= top[..., None, :]
-        self.kern = flushed_exp(xp, k)
+        self.kern = flushed_exp(xp, k, overwrite=True)
         del k
         self.eps, self.f, self.g = eps, f, g - eps * (top + self.log_b)
         self._normalise_columns()

@@ -38,12 +38,13 @@ from .blocks import PlanBlocks, plan_products, value_vjp
 from .blocks import apply as online_apply
 from .blocks import apply_vjp as online_apply_vjp
 from .costs import sqeuclidean, sqeuclidean_vjp
-from .dense import sinkhorn_log
 from .implicit import plan_vjp, potentials_vjp
 from .kernel import solve
 from .newton import semidual_newton
 from .online import solve as online_solve
-from .plan import balanced, marginal_error, plan_from_potentials
+from .plan import balanced, marginal_error, plan_from_potentials, rounding_floor
+from .schedule import INNER_TOL
+from .solved import finish_log_domain, needs_finish
 from .symmetric import symmetric_solve
 
 __all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN", "APPLY"]
@@ -52,7 +53,6 @@ __all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN", "APP
 # zero-filled array would make autograd run POTENTIALS' backward, whose zero gradient for the
 # cost (n x m) is then added to the real one: two more n x m arrays at the backward's peak.
 NO_GRADIENT = None
-INNER_TOL = 0.5  # the strategies' own stopping test, as a fraction of the tol the returned plan must meet
 
 
 def problem(xp: Any, arrays: tuple, names: tuple, online: bool = False) -> tuple[Any, Any, Any, dict]:
@@ -136,16 +136,10 @@ def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling
         r = solve(xp, cost, log_a, log_b, epsilon, **kw)
     (f, g), n_iter = balanced(xp, r.f, r.g, xp.exp(log_a), xp.exp(log_b)), r.n_iter
     error = measured_error(xp, arrays, names, f, g, epsilon)
-    if method != "newton" and not online and values_known(xp, error) and float(error) > tol and int(n_iter) < max_iter:
-        # the strategy's own estimate missed what the plan shows (a kernel entry underflowed or
-        # overflowed): finish in the log domain from the returned potentials, within max_iter
-        rounding = _rounding_floor(xp, f, g, epsilon)
-        if rounding is None or not math.isfinite(rounding) or rounding > tol:  # potentials too large to be refined: start afresh
-            f, g = xp.zeros_like(f), xp.zeros_like(g)
-        r = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=INNER_TOL * tol, max_iter=max_iter - int(n_iter), check_every=check_every, init=(f, g))
-        (f, g), n_iter = balanced(xp, r.f, r.g, xp.exp(log_a), xp.exp(log_b)), n_iter + r.n_iter
+    if method != "newton" and not online and needs_finish(xp, error, tol, n_iter, max_iter):
+        f, g, n_iter = finish_log_domain(xp, cost, log_a, log_b, epsilon, f, g, n_iter, tol=tol, max_iter=max_iter, check_every=check_every)
         error = measured_error(xp, arrays, names, f, g, epsilon)
-    warn_if_not_converged(xp, error <= tol, what, error=error, tol=tol, rounding=_rounding_floor(xp, f, g, epsilon))
+    warn_if_not_converged(xp, error <= tol, what, error=error, tol=tol, rounding=rounding_floor(xp, f, g, epsilon))
     # the residuals are copies: an autograd Function must not save its own outputs as constants
     return (f, g, error, xp.astype(n_iter, xp.int64 if _has_int64(xp) else xp.int32)), (xp.asarray(f, copy=True), xp.asarray(g, copy=True))
 
@@ -165,16 +159,6 @@ def measured_error(xp: Any, arrays: tuple, names: tuple, f: Any, g: Any, epsilon
 
 def _ones_column(xp: Any, like: Any) -> Any:
     return xp.ones((*like.shape, 1), dtype=like.dtype, device=device(like))
-
-
-def _rounding_floor(xp: Any, f: Any, g: Any, epsilon: float) -> float | None:
-    """``2 ulp (max|f| + max|g|) / epsilon``: about the relative rounding of the plan's entries
-    (their exponent ``(f_i + g_j - C_ij) / eps`` is a difference of numbers that large), i.e.
-    the smallest marginal error the dtype allows; None where the values cannot be read."""
-    if not values_known(xp, f):
-        return None
-    scale = float(xp.max(xp.abs(f))) + float(xp.max(xp.abs(g)))
-    return 2.0 * float(xp.finfo(f.dtype).eps) * scale / epsilon
 
 
 def _has_int64(xp: Any) -> bool:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._xp import normal_exponent
+from .._dispatch import values_known
+from .._xp import into, normal_exponent
 
-__all__ = ["clipped_exp", "flushed_exp", "plan_from_potentials", "marginal_error", "balanced"]
+__all__ = ["clipped_exp", "flushed_exp", "plan_from_potentials", "marginal_error", "balanced", "rounding_floor"]
 
 
 def _floor(xp: Any, dtype: Any) -> float:
@@ -36,8 +37,13 @@ def clipped_exp(xp: Any, z: Any) -> Any:
     return xp.exp(xp.clip(z, min=_floor(xp, z.dtype)))
 
 
-def flushed_exp(xp: Any, z: Any) -> Any:
+def flushed_exp(xp: Any, z: Any, *, overwrite: bool = False) -> Any:
     """:func:`clipped_exp` with the clipped entries set to exact zeros (no select pass).
+
+    ``overwrite=True`` computes in ``z``'s own memory where the library allows
+    (:func:`softk._xp.into`): four passes over a large array and no fresh
+    allocation (on CPUs the page faults of a fresh n x m buffer cost about
+    what a pass costs).
 
     >>> import numpy as np
     >>> flushed_exp(np, np.array([0.0, -1e4])).tolist()
@@ -45,7 +51,12 @@ def flushed_exp(xp: Any, z: Any) -> Any:
     """
     floor = _floor(xp, z.dtype)
     cut = math.exp(floor) * (1.0 + 64.0 * float(xp.finfo(z.dtype).eps))
-    return xp.clip(xp.exp(xp.clip(z, min=floor)) - cut, min=0.0)
+    if not overwrite:
+        return xp.clip(xp.exp(xp.clip(z, min=floor)) - cut, min=0.0)
+    z = into(xp, z, xp.clip, z, floor, None)
+    z = into(xp, z, xp.exp, z)
+    z = into(xp, z, xp.subtract, z, cut)
+    return into(xp, z, xp.clip, z, 0.0, None)
 
 
 def plan_from_potentials(xp: Any, cost: Any, log_a: Any, log_b: Any, f: Any, g: Any, epsilon: Any) -> Any:
@@ -54,7 +65,7 @@ def plan_from_potentials(xp: Any, cost: Any, log_a: Any, log_b: Any, f: Any, g: 
     z = cost / (-epsilon)
     z += (log_a + f / epsilon)[..., :, None]
     z += (log_b + g / epsilon)[..., None, :]
-    return flushed_exp(xp, z)
+    return flushed_exp(xp, z, overwrite=True)
 
 
 def balanced(xp: Any, f: Any, g: Any, a: Any = None, b: Any = None) -> tuple[Any, Any]:
@@ -82,3 +93,13 @@ def marginal_error(xp: Any, rows: Any, cols: Any, a: Any, b: Any) -> Any:
     err = xp.sum(xp.abs(rows - a), axis=-1) + xp.sum(xp.abs(cols - b), axis=-1)
     err = xp.where(xp.isnan(err), xp.full_like(err, math.inf), err)
     return xp.max(err) if err.ndim else err
+
+
+def rounding_floor(xp: Any, f: Any, g: Any, epsilon: float) -> float | None:
+    """``2 ulp (max|f| + max|g|) / epsilon``: about the relative rounding of the plan's entries
+    (their exponent ``(f_i + g_j - C_ij) / eps`` is a difference of numbers that large), i.e.
+    the smallest marginal error the dtype allows; None where the values cannot be read."""
+    if not values_known(xp, f):
+        return None
+    scale = float(xp.max(xp.abs(f))) + float(xp.max(xp.abs(g)))
+    return 2.0 * float(xp.finfo(f.dtype).eps) * scale / epsilon
