@@ -31,7 +31,6 @@ from typing import Any
 
 from array_api_compat import device
 
-from .._dispatch import values_known
 from .._op import CoreOp
 from .._warnings import warn_if_not_converged
 from .blocks import PlanBlocks, plan_products, value_vjp
