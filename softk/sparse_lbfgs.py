@@ -3,7 +3,8 @@
 Near a kink of the concave objective (where the cardinality constraint binds)
 semismooth Newton (:mod:`softk.sparse_newton`) stops making progress; quasi-Newton
 steps (``MEMORY`` pairs, two-loop recursion, Armijo backtracking) go on while
-they raise the objective by at least ``PROGRESS`` (relative) per step. Loops go
+they raise the objective by at least ``PROGRESS`` (relative) per step, on a
+moving average over the last few steps. Loops go
 through :func:`softk._dispatch.while_loop`, so it runs under ``jax.jit``.
 """
 
@@ -23,7 +24,8 @@ STALLS = 3  # steps in a row without progress after which Newton hands over to L
 
 def lbfgs(xp: Any, at: Any, error: Any, it: Any, x: Any, current: tuple, tol: float, max_iter: int, slack: float) -> tuple:
     """L-BFGS ascent (``MEMORY`` pairs, Armijo backtracking) from a point where Newton stalled,
-    until the marginals are met, ``STALLS`` steps in a row bring no ascent, or ``max_iter``."""
+    until the marginals are met, ``STALLS`` steps in a row bring no progress (the ascent per
+    step, smoothed over the last few, below ``PROGRESS`` relative), or ``max_iter``."""
     batch, size = x.shape[:-1], x.shape[-1]
     dtype, dev = x.dtype, device(x)
     hist = xp.zeros((MEMORY, *batch, size), dtype=dtype, device=dev)
@@ -56,7 +58,7 @@ def lbfgs(xp: Any, at: Any, error: Any, it: Any, x: Any, current: tuple, tol: fl
         return xp.logical_and(it < max_iter, xp.logical_not(xp.all(xp.logical_or(error(current[1]) <= tol, stalls >= STALLS))))
 
     def body(state: tuple) -> tuple:
-        it, x, current, stalls, s_hist, y_hist, count = state
+        it, x, current, stalls, s_hist, y_hist, count, rate = state
         f0, grad = current[0], current[1]
         finished = xp.logical_or(error(grad) <= tol, stalls >= STALLS)
         # ascent on F: minimise -F, whose gradient is -grad; y pairs use -grad differences
@@ -84,20 +86,23 @@ def lbfgs(xp: Any, at: Any, error: Any, it: Any, x: Any, current: tuple, tol: fl
         _, t, ok, found = while_loop(xp, lcond, lbody, (xp.asarray(1, device=dev), xp.ones_like(f0), xp.logical_or(ok, finished), found))
         t = xp.where(xp.logical_and(ok, xp.logical_not(finished)), t, xp.zeros_like(t))
         step = t[..., None] * d
-        flat = found[0] - f0 <= PROGRESS * (xp.abs(f0) + slack)
+        rate = DECAY * rate + (1.0 - DECAY) * (found[0] - f0)  # recent ascent per step, smoothed
+        flat = rate <= PROGRESS * (xp.abs(f0) + slack)
         stalls = xp.where(finished, stalls, xp.where(flat, stalls + 1, xp.zeros_like(stalls)))
         moved = (t > 0)[..., None]
         s_hist = _push(xp, s_hist, step, moved)
         y_hist = _push(xp, y_hist, grad - found[1], moved)
         count = xp.where(moved[..., 0], count + 1, count)
-        return it + 1, x + step, found, stalls, s_hist, y_hist, count
+        return it + 1, x + step, found, stalls, s_hist, y_hist, count, rate
 
-    state = while_loop(xp, cond, body, (it, x, current, zeros, hist, hist, zeros))
+    rate = xp.zeros_like(current[0])
+    state = while_loop(xp, cond, body, (it, x, current, zeros, hist, hist, zeros, rate))
     return state[:4]
 
 
 MEMORY = 10
-PROGRESS = 1e-5  # L-BFGS: a step raising the objective by less than this (relative) makes no progress
+PROGRESS = 1e-5  # L-BFGS: ascent per step (smoothed) below this, relative, is no progress
+DECAY = 0.7  # smoothing of the ascent per step (an exponential moving average)
 
 
 def _pick(xp: Any, flag: Any, new: tuple, old: tuple) -> tuple:

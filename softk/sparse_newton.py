@@ -30,7 +30,7 @@ from typing import Any
 from array_api_compat import device
 
 from ._dispatch import while_loop
-from .sparse_lbfgs import MAX_HALVINGS, STALLS, lbfgs
+from .sparse_lbfgs import MAX_HALVINGS, PROGRESS, STALLS, lbfgs
 from .sparse_projection import simplex_on_sorted, top_indices
 
 __all__ = ["Support", "SparseSolution", "solve", "evaluate"]
@@ -180,8 +180,9 @@ def solve(xp: Any, ct: Any, a: Any, b: Any, *, k: int, gamma: float, dual: bool,
     Stops when the relative marginal error ``max_i |(P 1)_i / a_i - 1|`` (and the
     columns' for the dual) is ``<= tol`` for every batch entry, or after
     ``max_iter`` steps in all. Newton hands over to L-BFGS after ``STALLS`` steps
-    in a row that cut the marginal error by less than 1% (near a kink of the
-    objective, where the cardinality constraint binds, or in a long
+    in a row that cut the marginal error by less than 1%, or by less than half
+    while raising the objective by less than ``PROGRESS`` (relative) (near a kink
+    of the objective, where the cardinality constraint binds, or in a long
     combinatorial phase); L-BFGS stops after ``STALLS`` steps in a row that raise
     the objective by less than ``PROGRESS`` (relative): near a kink, where the
     plan read off the dual cannot meet the marginals, grinding on buys little
@@ -235,8 +236,11 @@ def solve(xp: Any, ct: Any, a: Any, b: Any, *, k: int, gamma: float, dual: bool,
         found = pick(ok, new, current)
         ok = xp.logical_or(ok, finished)
         _, t, ok, found = while_loop(xp, cond, body, (xp.asarray(1, device=dev), t, ok, found))
-        # slow: the marginal error did not drop by 1% (a kink or a long combinatorial phase; L-BFGS takes over)
-        flat = error(found[1]) >= 0.99 * err
+        # slow (L-BFGS takes over): the marginal error did not drop by 1%, or it dropped by less than
+        # half for a rise of the objective below PROGRESS (a kink or a long combinatorial phase)
+        new_err = error(found[1])
+        creeping = xp.logical_and(new_err >= 0.5 * err, found[0] - f0 <= PROGRESS * (xp.abs(f0) + slack))
+        flat = xp.logical_or(new_err >= 0.99 * err, creeping)
         stalls = xp.where(flat, stalls + 1, xp.zeros_like(stalls))
         return x + xp.where(ok, t, xp.zeros_like(t))[..., None] * d, found, stalls
 
