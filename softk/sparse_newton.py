@@ -110,7 +110,8 @@ def evaluate(xp: Any, ct: Any, a: Any, b: Any, x: Any, gamma: Any, k: int, dual:
         grad = xp.concat([a - Support(xp, idx, n).rowsum(mass), b - xp.sum(mass, axis=-1)], axis=-1)
         return objective, grad, mass, idx, weight
     scale = g * b  # gamma b_j
-    vals, idx = top_indices(xp, (x[..., None, :] - ct) / scale[..., None], k)
+    vals, idx = top_indices(xp, x[..., None, :] - ct, k)  # the positive scale keeps each column's order
+    vals = vals / scale[..., None]
     p = simplex_on_sorted(xp, vals)
     mass = b[..., None] * p
     inner = scale * (xp.sum(p * vals, axis=-1) - 0.5 * xp.sum(p * p, axis=-1))

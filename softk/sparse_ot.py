@@ -99,7 +99,7 @@ class SparseOTResult:
 
 
 def _solve(xp, cost, a, b, *, k, gamma, formulation, tol, max_iter):
-    """Solve, and pack ``(alpha, beta, error, n_iter, converged, stationary)`` along the last axis."""
+    """Solve, and pack ``(alpha, beta, dual value, error, n_iter, converged, stationary)`` along the last axis."""
     ct = xp.matrix_transpose(cost)
     n = cost.shape[-2]
     sol = solve(xp, ct, a, b, k=k, gamma=gamma, dual=formulation == "dual", tol=tol, max_iter=max_iter, start=_warm_start(xp, cost, a, b))

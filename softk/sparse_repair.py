@@ -49,8 +49,8 @@ def repaired(xp: Any, cost: Any, a: Any, b: Any, alpha: Any, k: int, gamma: floa
     ct = xp.matrix_transpose(cost)
     a, b = xp.broadcast_to(a, (*batch, n)), xp.broadcast_to(b, (*batch, m))
     width = min(n, k + 2)
-    vals, idx = top_indices(xp, (alpha[..., None, :] - ct) / (gamma * b[..., None]), width)
-    mass = b[..., None] * simplex_on_sorted(xp, vals[..., :k])
+    vals, idx = top_indices(xp, alpha[..., None, :] - ct, width)
+    mass = b[..., None] * simplex_on_sorted(xp, vals[..., :k] / (gamma * b[..., None]))
     mass = xp.concat([mass, xp.zeros((*batch, m, width - k), dtype=dtype, device=dev)], axis=-1)
     size = math.prod(batch)
     host = [host_list(xp.reshape(t, (size, *t.shape[len(batch) :]))) for t in (idx, mass, xp.take_along_axis(ct, idx, axis=-1), a)]
