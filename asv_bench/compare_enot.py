@@ -82,59 +82,77 @@ def run(code: str, *args: str) -> dict:
 
 
 def time_to(curve: list, level: float) -> tuple[float, float] | None:
-    """(wall, cpu) seconds at the first checkpoint with L2-UVP <= level."""
-    for _, wall, cpu, uvp in curve:
+    """(step, cpu seconds) at the first checkpoint with L2-UVP <= level."""
+    for step, _, cpu, uvp in curve:
         if uvp <= level:
-            return wall, cpu
+            return step, cpu
     return None
 
 
-def report(results: list[dict], mixture: dict | None, args: argparse.Namespace, seconds: float) -> str:
-    lines = [
-        "# ENOT on Gaussian pairs: L2-UVP and time against the no-expectile baseline",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
-        f"(load average at the end {os.getloadavg()[0]:.1f}); one thread per case, {args.jobs} case(s) at a time. "
-        f"JAX trainer (jitted step, optax Adam), float32. {args.steps} steps per case, L2-UVP on 4,096 fresh "
-        f"points every {args.eval_every} steps; seconds are training only. Extra options: {args.extra or 'none'}. "
-        f"Whole run: {seconds / 60:.1f} min.",
-        "",
-        "| D | method | L2-UVP % (final) | best | wall s | CPU s | steps/s (wall) | W2^2 true | primal | dual |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+ENOTS, BASELINES = ("enot", "enot_uni", "enot_paper", "ott_enot"), ("w2ot", "baseline_5gd")
+
+
+def _case_rows(results: list[dict]) -> list[str]:
+    lines = ["| D | method | L2-UVP % (final) | best | CPU s | CPU ms/step | wall s | L-BFGS iters / evals | "
+             "W2^2 true | primal | dual |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['dim']} | {r['method']} | failed: {r['error']} | | | | | | | |")
+            lines.append(f"| {r['dim']} | {r['method']} | failed: {r['error']} | | | | | | | | |")
             continue
-        _, wall, cpu, uvp = r["curve"][-1]
+        steps, wall, cpu, uvp = r["curve"][-1]
         best = min(c[-1] for c in r["curve"])
-        lines.append(f"| {r['dim']} | {r['method']} | {uvp:.3g} | {best:.3g} | {wall:.0f} | {cpu:.0f} | "
-                     f"{r['curve'][-1][0] / wall:.1f} | {r['w2']:.4g} | {r['w2_primal']:.4g} | {r['w2_dual']:.4g} |")
-    lines += ["", "Time to a common L2-UVP (the larger final value of the two methods; "
-              "also 1 % where both reach it), each ENOT variant against each baseline:", "",
-              "| D | ENOT | baseline | level % | ENOT wall s (CPU s) | baseline wall s (CPU s) | speed-up (CPU) |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+        conj = r.get("conjugate") or []
+        solve = (f"{sum(c[0] for c in conj) / len(conj):.1f} / {sum(c[1] for c in conj) / len(conj):.0f}"
+                 if conj else "")
+        lines.append(f"| {r['dim']} | {r['method']} | {uvp:.3g} | {best:.3g} | {cpu:.0f} | {1000 * cpu / steps:.0f} | "
+                     f"{wall:.0f} | {solve} | {r['w2']:.4g} | {r['w2_primal']:.4g} | {r['w2_dual']:.4g} |")
+    return lines
+
+
+def _speed_rows(results: list[dict]) -> list[str]:
+    lines = ["| D | ENOT | baseline | level % | ENOT CPU s (step) | baseline CPU s (step) | speed-up (CPU) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     by_dim: dict[int, dict] = {}
     for r in results:
         if "error" not in r:
             by_dim.setdefault(r["dim"], {})[r["method"]] = r
     for dim, runs in sorted(by_dim.items()):
-        for name, enot in runs.items():
-            for base_name, base in runs.items():
-                if not name.startswith("enot") or not base_name.startswith("baseline"):
-                    continue
+        for name in (m for m in ENOTS if m in runs):
+            for base_name in (m for m in BASELINES if m in runs):
+                enot, base = runs[name], runs[base_name]
                 common = max(enot["curve"][-1][-1], base["curve"][-1][-1])
                 for level in sorted({common, 1.0}, reverse=True):
                     te, tb = time_to(enot["curve"], level), time_to(base["curve"], level)
                     if te is None or tb is None:
                         continue
-                    lines.append(f"| {dim} | {name} | {base_name} | {level:.3g} | {te[0]:.0f} ({te[1]:.1f}) | "
-                                 f"{tb[0]:.0f} ({tb[1]:.1f}) | {tb[1] / te[1]:.2f}x |")
-    lines += ["", "L2-UVP curves (steps: %):", ""]
-    for r in results:
-        if "error" not in r:
-            pts = ", ".join(f"{s}: {u:.3g}" for s, _, _, u in r["curve"])
-            lines.append(f"- D = {r['dim']}, {r['method']}: {pts}")
+                    lines.append(f"| {dim} | {name} | {base_name} | {level:.3g} | {te[1]:.1f} ({te[0]}) | "
+                                 f"{tb[1]:.1f} ({tb[0]}) | {tb[1] / te[1]:.2f}x |")
+    return lines
+
+
+def report(results: list[dict], mixture: dict | None, args: argparse.Namespace, seconds: float) -> str:
+    lines = [
+        "# ENOT on Gaussian pairs: L2-UVP and time against the amortised-conjugate baseline",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
+        f"(load average at the end {os.getloadavg()[0]:.1f}); one thread per case, {args.jobs} case(s) at a time. "
+        f"JAX trainer (jitted step, optax Adam), float32. {args.steps} steps per case, L2-UVP on 4,096 fresh "
+        f"points every {args.eval_every} steps; seconds are training only. Whole run: {seconds / 60:.1f} min.",
+    ]
+    sections = [(True, "Networks with a quadratic term (`quadratic=True`, the default)"),
+                (False, "The paper's plain MLPs (`quadratic=False`)")]
+    for quadratic, title in sections:
+        rows = [r for r in results if r.get("quadratic", True) == quadratic or r["method"] == "ott_enot" and quadratic]
+        if not rows:
+            continue
+        lines += ["", f"## {title}", "", *_case_rows(rows), "",
+                  "Time to the same L2-UVP: CPU seconds (and step) at the first checkpoint where each method "
+                  "reaches the worse of the two final L2-UVPs (also 1 % where both reach it):", "",
+                  *_speed_rows(rows), "", "L2-UVP curves (steps: %):", ""]
+        for r in rows:
+            if "error" not in r:
+                pts = ", ".join(f"{s}: {u:.3g}" for s, _, _, u in r["curve"])
+                lines.append(f"- D = {r['dim']}, {r['method']}: {pts}")
     if mixture is not None:
         lines += ["", "## Gaussian mixture pair (2-D, 4 components to 8): W2^2", ""]
         if "error" in mixture:
@@ -159,11 +177,13 @@ def main() -> None:
     parser.add_argument("--no-mixture", action="store_true")
     parser.add_argument("--extra", action="append", default=[], help="trainer option override, e.g. quadratic=False")
     parser.add_argument("--output")
-    parser.add_argument("--from-json", help="rebuild the report from a run's stderr (one JSON result a line)")
+    parser.add_argument("--from-json", nargs="+", help="rebuild the report from runs' stderr (one JSON result a line)")
     args = parser.parse_args()
     if args.from_json:
-        with open(args.from_json) as fh:
-            rows = [json.loads(line) for line in fh if line.startswith("{")]
+        rows = []
+        for path in args.from_json:
+            with open(path) as fh:
+                rows += [json.loads(line) for line in fh if line.startswith("{")]
         mixture = next((r for r in rows if "sinkhorn_plan_cost" in r), None)
         text = report([r for r in rows if "dim" in r], mixture, args, float("nan"))
         print(text)

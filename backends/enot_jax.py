@@ -60,14 +60,16 @@ class ENOT(core.Trainer):
 
     def __init__(
         self, dim: int, *, f: tuple[Callable, Any] | None = None, g: tuple[Callable, Any] | None = None,
-        cost: core.PowerCost | None = None, tau: float = 0.99, expectile_weight: float = 1.0, lr: float = 3e-4,
+        cost: core.PowerCost | None = None, tau: float = 0.99, expectile_weight: float = 1.0,
+        expectile_scale: str = "cost", lr: float = 3e-4,
         lr_schedule: str = "constant", lr_steps: int | None = None, betas: tuple[float, float] = (0.9, 0.9),
         hidden: Sequence[int] = (128, 128, 128, 128), quadratic: bool = True, standardize: bool = True,
-        bidirectional: bool = False, batch_size: int = 1024, conjugate: str | None = None, conjugate_steps: int = 20,
+        bidirectional: bool = True, batch_size: int = 1024, conjugate: str | None = None, conjugate_steps: int = 20,
         conjugate_lr: float = 0.5, conjugate_gtol: float = 1e-5, amortization: str = "objective", seed: int = 0,
         dtype: Any = "float32", check_every: int = 50,
     ):
-        super().__init__(dim, cost=cost, tau=tau, expectile_weight=expectile_weight, lr=lr, lr_schedule=lr_schedule,
+        super().__init__(dim, cost=cost, tau=tau, expectile_weight=expectile_weight, expectile_scale=expectile_scale,
+                         lr=lr, lr_schedule=lr_schedule,
                          lr_steps=lr_steps, batch_size=batch_size, conjugate=conjugate,
                          conjugate_steps=conjugate_steps, conjugate_lr=conjugate_lr, conjugate_gtol=conjugate_gtol,
                          amortization=amortization, standardize=standardize, bidirectional=bidirectional,
@@ -125,8 +127,7 @@ class ENOT(core.Trainer):
         return self._solve(self._objective(dual_apply, dual_params, x), t)
 
     def _dual(self, params: Any, apply: Callable, x: Any, y: Any, t_hat: Any) -> Any:
-        return core.dual_loss(apply(params, y), apply(params, t_hat), self.cost(x, t_hat), self.cost(x, y),
-                              tau=self.tau, expectile_weight=self.expectile_weight)
+        return self._dual_loss(apply(params, y), apply(params, t_hat), x, y, t_hat)
 
     def _map_loss(self, params: Any, apply: Callable, dual_apply: Callable, dual_params: Any, x: Any) -> tuple:
         t = self._map(apply, params, x)

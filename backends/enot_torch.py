@@ -63,14 +63,16 @@ class ENOT(core.Trainer):
 
     def __init__(
         self, dim: int, *, f: torch.nn.Module | None = None, g: torch.nn.Module | None = None,
-        cost: core.PowerCost | None = None, tau: float = 0.99, expectile_weight: float = 1.0, lr: float = 3e-4,
+        cost: core.PowerCost | None = None, tau: float = 0.99, expectile_weight: float = 1.0,
+        expectile_scale: str = "cost", lr: float = 3e-4,
         lr_schedule: str = "constant", lr_steps: int | None = None, betas: tuple[float, float] = (0.9, 0.9),
         hidden: Sequence[int] = (128, 128, 128, 128), quadratic: bool = True, standardize: bool = True,
-        bidirectional: bool = False, batch_size: int = 1024, conjugate: str | None = None, conjugate_steps: int = 20,
+        bidirectional: bool = True, batch_size: int = 1024, conjugate: str | None = None, conjugate_steps: int = 20,
         conjugate_lr: float = 0.5, conjugate_gtol: float = 1e-5, amortization: str = "objective", seed: int = 0,
         dtype: Any = "float32", check_every: int = 10,
     ):
-        super().__init__(dim, cost=cost, tau=tau, expectile_weight=expectile_weight, lr=lr, lr_schedule=lr_schedule,
+        super().__init__(dim, cost=cost, tau=tau, expectile_weight=expectile_weight, expectile_scale=expectile_scale,
+                         lr=lr, lr_schedule=lr_schedule,
                          lr_steps=lr_steps, batch_size=batch_size, conjugate=conjugate,
                          conjugate_steps=conjugate_steps, conjugate_lr=conjugate_lr, conjugate_gtol=conjugate_gtol,
                          amortization=amortization, standardize=standardize, bidirectional=bidirectional,
@@ -119,8 +121,7 @@ class ENOT(core.Trainer):
         net, dual_net = (self.g_net, self.f_net) if backward else (self.f_net, self.g_net)
         t = self._map(net, x, create_graph=True)
         t_hat, self.last_conjugate = self._solve(self._objective(dual_net, x), t)
-        dual = core.dual_loss(dual_net(y), dual_net(t_hat), self.cost(x, t_hat), self.cost(x, y),
-                              tau=self.tau, expectile_weight=self.expectile_weight)
+        dual = self._dual_loss(dual_net(y), dual_net(t_hat), x, y, t_hat)
         if self.amortization == "regression":
             return dual, core.regression_loss(t, t_hat)
         return dual, core.map_loss(self.cost(x, t), dual_net(t))

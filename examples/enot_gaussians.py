@@ -8,6 +8,7 @@ L2-UVP, and its estimates of ``W2^2`` by the closed-form value.
 
     python examples/enot_gaussians.py                          # PyTorch, D = 8, 1,000 steps
     python examples/enot_gaussians.py --framework jax --dim 64 --steps 1500
+    python examples/enot_gaussians.py --framework jax --w2ot                 # the amortised-conjugate baseline
 """
 
 from __future__ import annotations
@@ -60,5 +61,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--framework", choices=("torch", "jax"), default="torch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--w2ot", action="store_true", help="train the W2OT baseline (L-BFGS conjugates) instead")
     args = parser.parse_args()
-    main(args.dim, args.steps, args.framework, args.seed)
+    w2ot = dict(expectile_weight=0.0, conjugate="lbfgs", amortization="regression")
+    main(args.dim, args.steps, args.framework, args.seed, **(w2ot if args.w2ot else {}))

@@ -23,10 +23,19 @@ import array_api_compat as compat
 from .enot_conjugate import conjugate_gradient_steps, conjugate_lbfgs
 from .enot_data import Standardizer, check_batch, draw_batch, init_mlp
 from .enot_loop import fit_loop, scheduled_lr
-from .enot_losses import PowerCost, dual_loss, dual_value, expectile_loss, map_loss, regression_loss, stop_gradient
+from .enot_losses import (
+    PowerCost,
+    cost_scale,
+    dual_loss,
+    dual_value,
+    expectile_loss,
+    map_loss,
+    regression_loss,
+    stop_gradient,
+)
 
 __all__ = [
-    "ENOT", "Trainer", "PowerCost", "Standardizer", "expectile_loss", "dual_value", "dual_loss", "map_loss",
+    "ENOT", "Trainer", "PowerCost", "Standardizer", "expectile_loss", "dual_value", "dual_loss", "cost_scale", "map_loss",
     "regression_loss", "check_options", "check_batch", "draw_batch", "scheduled_lr", "init_mlp", "fit_loop",
     "conjugate_gradient_steps", "conjugate_lbfgs", "PAPER_DEFAULTS",
 ]
@@ -36,8 +45,8 @@ PAPER_DEFAULTS = dict(tau=0.99, expectile_weight=1.0, lr=3e-4, betas=(0.9, 0.9),
 
 
 def check_options(
-    *, tau: Any, expectile_weight: Any, lr: Any, lr_schedule: Any, batch_size: Any, conjugate: Any,
-    conjugate_steps: Any, amortization: Any,
+    *, tau: Any, expectile_weight: Any, expectile_scale: Any, lr: Any, lr_schedule: Any, batch_size: Any,
+    conjugate: Any, conjugate_steps: Any, amortization: Any,
 ) -> None:
     """``ValueError``/``TypeError`` naming the argument for a bad trainer option."""
     from ._validate import check_choice, check_int, check_positive_float
@@ -46,6 +55,7 @@ def check_options(
     if conjugate is not None:
         check_choice("conjugate", conjugate, ("gradient", "lbfgs"))
     check_choice("amortization", amortization, ("objective", "regression"))
+    check_choice("expectile_scale", expectile_scale, ("cost", "none"))
     if amortization == "regression" and conjugate is None:
         raise ValueError("amortization='regression' regresses T(x) onto solved conjugate points: "
                          "it needs conjugate='lbfgs' or 'gradient'")
@@ -75,20 +85,21 @@ class Trainer:
     rng: Any
 
     def __init__(
-        self, dim: int, *, cost: PowerCost | None, tau: float, expectile_weight: float, lr: float, lr_schedule: str,
-        lr_steps: int | None, batch_size: int, conjugate: str | None, conjugate_steps: int, conjugate_lr: float,
+        self, dim: int, *, cost: PowerCost | None, tau: float, expectile_weight: float, expectile_scale: str, lr: float,
+        lr_schedule: str, lr_steps: int | None, batch_size: int, conjugate: str | None, conjugate_steps: int, conjugate_lr: float,
         conjugate_gtol: float, amortization: str, standardize: bool, bidirectional: bool, check_every: int,
     ):
         from ._validate import check_int, check_positive_float
 
-        check_options(tau=tau, expectile_weight=expectile_weight, lr=lr, lr_schedule=lr_schedule,
+        check_options(tau=tau, expectile_weight=expectile_weight, expectile_scale=expectile_scale, lr=lr,
+                      lr_schedule=lr_schedule,
                       batch_size=batch_size, conjugate=conjugate, conjugate_steps=conjugate_steps,
                       amortization=amortization)
         self.dim = check_int("dim", dim, 1, 2**31)
         self.cost = cost if cost is not None else PowerCost(2.0)
         if standardize and not isinstance(self.cost, PowerCost):
             raise ValueError("standardize=True needs a softk.enot.PowerCost cost; pass standardize=False")
-        self.tau, self.expectile_weight = float(tau), float(expectile_weight)
+        self.tau, self.expectile_weight, self.expectile_scale = float(tau), float(expectile_weight), expectile_scale
         self.lr, self.lr_schedule = float(lr), lr_schedule
         self.lr_steps = None if lr_steps is None else check_int("lr_steps", lr_steps, 1, 2**62)
         self.batch_size, self.amortization = int(batch_size), amortization
@@ -126,6 +137,12 @@ class Trainer:
         if self.conjugate == "gradient":
             return stop_gradient(conjugate_gradient_steps(fun, t, steps=self.conjugate_steps, lr=self.conjugate_lr)), None
         return t, None
+
+    def _dual_loss(self, g_y: Any, g_t: Any, x: Any, y: Any, t_hat: Any) -> Any:
+        """:func:`dual_loss` on the batch, the expectile weight relative to :func:`cost_scale` unless told not to."""
+        scale = cost_scale(self.cost, x, y) if self.expectile_scale == "cost" else 1.0
+        return dual_loss(g_y, g_t, self.cost(x, t_hat), self.cost(x, y), tau=self.tau,
+                         expectile_weight=self.expectile_weight, scale=scale)
 
     def _batch(self, name: str, sampler: Any, n: int) -> Any:
         return self._array(draw_batch(name, sampler, self.rng, n, self.dim))
@@ -190,13 +207,15 @@ def ENOT(dim: int, *, framework: str = "torch", **options: Any) -> Any:
     ``options`` go to the framework's trainer (``softk.backends.enot_torch.ENOT``
     or ``softk.backends.enot_jax.ENOT``, imported only now): ``cost`` (a
     :class:`PowerCost`, default ``p = 2``), ``tau``, ``expectile_weight``,
+    ``expectile_scale`` (``"cost"``: the weight is relative to the batch's
+    :func:`cost_scale`; ``"none"``: the paper's absolute weight),
     ``lr``, ``lr_schedule`` (``"constant"`` or ``"cosine"``, decaying over each
     ``fit``, or over ``lr_steps`` steps counted across calls), ``betas``,
     ``hidden``, ``quadratic`` (add a learnt ``x^T S x / 2`` to each potential),
     ``standardize`` (train in the coordinates of :class:`Standardizer`, fitted
-    on the first ``max(batch_size, 4096)`` samples), ``bidirectional`` (off by
-    default; every other step ``g`` maps ``y`` back with the roles swapped, as
-    in the paper's code), ``batch_size``, ``conjugate`` (``None``: ENOT's
+    on the first ``max(batch_size, 4096)`` samples), ``bidirectional`` (every
+    other step ``g`` maps ``y`` back with the roles swapped, as in the paper's
+    code), ``batch_size``, ``conjugate`` (``None``: ENOT's
     ``T^ = T(x)``; ``"lbfgs"``: solve the conjugate problem from ``T(x)`` by
     :func:`conjugate_lbfgs` to gradient norm ``conjugate_gtol`` within
     ``conjugate_steps`` iterations; ``"gradient"``: ``conjugate_steps``

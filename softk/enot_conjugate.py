@@ -62,14 +62,14 @@ def _direction(xp: Any, grad: Any, s: Any, d: Any, rho: Any) -> Any:
     """``-H grad`` by the two-loop recursion over the pairs ``(s[i], d[i])`` (newest first; ``rho = 0``: unused)."""
     q, alphas = grad, []
     for i in range(s.shape[0]):
-        a = rho[i] * _rowdot(s[i], q)
-        q = q - a[:, None] * d[i]
+        a = rho[i, ...] * _rowdot(s[i, ...], q)
+        q = q - a[:, None] * d[i, ...]
         alphas.append(a)
-    dd, sd = _rowdot(d[0], d[0]), _rowdot(s[0], d[0])
-    gamma = xp.where(rho[0] > 0, sd / xp.where(dd > 0, dd, xp.ones_like(dd)), xp.ones_like(dd))
+    dd, sd = _rowdot(d[0, ...], d[0, ...]), _rowdot(s[0, ...], d[0, ...])
+    gamma = xp.where(rho[0, ...] > 0, sd / xp.where(dd > 0, dd, xp.ones_like(dd)), xp.ones_like(dd))
     r = gamma[:, None] * q
     for i in reversed(range(s.shape[0])):
-        r = r + (alphas[i] - rho[i] * _rowdot(d[i], r))[:, None] * s[i]
+        r = r + (alphas[i] - rho[i, ...] * _rowdot(d[i, ...], r))[:, None] * s[i, ...]
     return -r
 
 
@@ -129,7 +129,7 @@ def conjugate_lbfgs(
 
         t = xp.ones_like(v)
         v1, g1 = fun(y + step)
-        ok = sufficient(t, v1)
+        ok = xp.logical_or(sufficient(t, v1), xp.logical_not(active))  # done rows do not hold the search up
         ls = (zero + 1, t, y + step, v1, g1, ok)
 
         def ls_cond(ls: tuple) -> Any:

@@ -23,7 +23,8 @@ import array_api_compat as compat
 
 from ._dispatch import _glue_name
 
-__all__ = ["PowerCost", "expectile_loss", "dual_value", "dual_loss", "map_loss", "regression_loss", "stop_gradient"]
+__all__ = ["PowerCost", "expectile_loss", "dual_value", "dual_loss", "cost_scale", "map_loss", "regression_loss",
+           "stop_gradient"]
 
 
 def expectile_loss(u: Any, tau: float) -> Any:
@@ -97,8 +98,12 @@ def dual_value(g_y: Any, g_t: Any, c_xt: Any) -> Any:
     return xp.mean(g_y) + xp.mean(c_xt - g_t)
 
 
-def dual_loss(g_y: Any, g_t: Any, c_xt: Any, c_xy: Any, *, tau: float, expectile_weight: float) -> Any:
+def dual_loss(
+    g_y: Any, g_t: Any, c_xt: Any, c_xy: Any, *, tau: float, expectile_weight: float, scale: Any = 1.0
+) -> Any:
     """The loss of ``g`` from ``g(y)``, ``g(T^)``, ``c(x, T^)`` and ``c(x, y)`` (each of shape (n,)).
+
+    The expectile term's weight is ``expectile_weight / scale`` (see :func:`cost_scale`).
 
     Examples
     --------
@@ -114,7 +119,26 @@ def dual_loss(g_y: Any, g_t: Any, c_xt: Any, c_xy: Any, *, tau: float, expectile
         return loss
     reg_y = expectile_loss(stop_gradient(g_c - c_xy) + g_y, tau)
     reg_x = expectile_loss(stop_gradient(g_y - c_xy) + g_c, tau)
-    return loss + expectile_weight * (xp.mean(reg_y) + xp.mean(reg_x))
+    return loss + expectile_weight / scale * (xp.mean(reg_y) + xp.mean(reg_x))
+
+
+def cost_scale(cost: Any, x: Any, y: Any) -> Any:
+    """``E c(x - mean x, y - mean y)`` over the batch: the size of the cost, unchanged by shifts of either side.
+
+    The dual terms scale like the cost and the expectile term like its square, so
+    dividing the expectile weight by this makes the loss scale-free: a change
+    of units, or of dimension (the cost grows like ``dim``), leaves the balance
+    of the two terms as it was.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x, y = np.array([[0.0, 0.0], [2.0, 0.0]]), np.array([[10.0, 1.0], [10.0, -1.0]])
+    >>> float(cost_scale(PowerCost(2.0), x, y))  # mean of |(-1, 0) - (0, 1)|^2 / 2 and |(1, 0) - (0, -1)|^2 / 2
+    1.0
+    """
+    xp = compat.array_namespace(x, y)
+    return stop_gradient(xp.mean(cost(x - xp.mean(x, axis=0), y - xp.mean(y, axis=0))))
 
 
 def map_loss(c_xt: Any, g_t: Any) -> Any:

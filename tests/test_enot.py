@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from softk import enot
+from softk.enot_conjugate import conjugate_gradient_steps, conjugate_lbfgs
 from softk.gaussian_ot import gaussian_map, gaussian_w2, l2_uvp
 
 
@@ -61,6 +62,8 @@ def test_dual_loss_value_and_stop_gradient(backend, rng):
     got = enot.dual_loss(arr(g_y), arr(g_t), arr(c_xt), arr(c_xy), tau=0.8, expectile_weight=0.7)
     assert float(got) == pytest.approx(_dual_loss_by_hand(g_y, g_t, c_xt, c_xy, 0.8, 0.7), rel=1e-12)
     assert float(enot.map_loss(arr(c_xt), arr(g_t))) == pytest.approx((c_xt - g_t).mean(), rel=1e-12)
+    halved = enot.dual_loss(arr(g_y), arr(g_t), arr(c_xt), arr(c_xy), tau=0.8, expectile_weight=0.7, scale=2.0)
+    assert float(halved) == pytest.approx(_dual_loss_by_hand(g_y, g_t, c_xt, c_xy, 0.8, 0.35), rel=1e-12)
     if backend.name not in ("torch", "jax"):
         return
     # d/d g(y): -1/n from the dual term, and only the first expectile term (the second sees g(y) through sg)
@@ -124,15 +127,17 @@ def test_torch_and_jax_losses_agree_for_identical_parameters_and_batches(rng):
     pytest.importorskip("torch")
     pytest.importorskip("jax")
     x, y = rng.normal(size=(64, 3)), rng.normal(size=(64, 3)) + 1.0
-    baseline = dict(expectile_weight=0.0, conjugate_steps=2, cost=enot.PowerCost(1.5))
-    for options in (dict(tau=0.7), baseline):
+    baseline = dict(expectile_weight=0.0, conjugate="lbfgs", conjugate_steps=3, amortization="regression",
+                    cost=enot.PowerCost(1.5))
+    cheap = dict(expectile_weight=0.0, conjugate="gradient", conjugate_steps=2)
+    for options in (dict(tau=0.7), baseline, cheap):
         kw = dict(hidden=(8, 8), batch_size=64, dtype="float64", seed=3, **options)
         tt, tj = enot.ENOT(3, framework="torch", **kw), enot.ENOT(3, framework="jax", **kw)
         params = {k: [v + 0.1 * rng.normal(size=v.shape) for v in vs] for k, vs in tt.get_params().items()}
         tt.set_params(params)
         tj.set_params(params)
         np.testing.assert_allclose(tt.losses(x, y), tj.losses(x, y), rtol=1e-10)
-        if options is baseline:
+        if options is cheap:
             continue
         # the same seeded batches and Adam: the parameters stay together over a few steps
         tt.fit(lambda g, n: g.normal(size=(n, 3)), y, 3, progress=False)
@@ -166,6 +171,12 @@ def test_bad_input_gives_clear_errors(framework):
         enot.ENOT(2, framework="tensorflow")
     with pytest.raises(ValueError, match="lr_schedule"):
         enot.ENOT(2, framework=framework, lr_schedule="linear")
+    with pytest.raises(ValueError, match="conjugate"):
+        enot.ENOT(2, framework=framework, conjugate="newton")
+    with pytest.raises(ValueError, match="amortization='regression'.*needs conjugate"):
+        enot.ENOT(2, framework=framework, amortization="regression")
+    with pytest.raises(ValueError, match="conjugate_gtol"):
+        enot.ENOT(2, framework=framework, conjugate="lbfgs", conjugate_gtol=0.0)
     with pytest.raises(ValueError, match="cost power"):
         enot.PowerCost(1.0)
     trainer = enot.ENOT(2, framework=framework, hidden=(4,), batch_size=8)
@@ -190,3 +201,63 @@ def test_array_samplers_and_progress_line(capsys):
     assert [h[0] for h in history] == [1, 2, 3]
     assert "3/3" in capsys.readouterr().err  # a tqdm bar, or the plain line without tqdm
     assert [h[0] for h in trainer.fit(data, data, 2, progress=False)] == [4, 5]
+
+
+def _conjugate_problem(xp, n):
+    """Row ``i``: ``sum_k a_k (y_k - b_ik)^2 / 2 + w cos(y_k)`` (``w < min a``: strictly convex), and its gradient."""
+    a = xp.asarray([1.0, 4.0, 20.0], dtype=xp.float64)
+    b = xp.reshape(xp.asarray([0.1 * i for i in range(3 * n)], dtype=xp.float64), (n, 3))
+
+    def fun(y):
+        return xp.sum(0.5 * a * (y - b) ** 2 + 0.5 * xp.cos(y), axis=-1), a * (y - b) - 0.5 * xp.sin(y)
+
+    return fun, b
+
+
+def test_conjugate_lbfgs_reaches_gtol_on_every_backend(backend):
+    if backend.name == "jax":
+        pytest.skip("JAX runs it inside the jitted trainer in test_torch_and_jax_losses_agree_...")
+    xp = backend.xp
+    fun, b = _conjugate_problem(xp, 6)
+    out = conjugate_lbfgs(fun, xp.zeros((6, 3), dtype=xp.float64), max_iter=50, gtol=1e-9)
+    assert float(out.grad_norm) <= 1e-9 and 1 < int(out.iterations) < 50
+    assert int(out.evaluations) >= int(out.iterations) + 1
+    grad = backend.to_numpy(fun(out.y)[1])
+    assert np.abs(grad).max() <= 1e-9
+    # gradient descent with a fixed step 1/20 (the largest curvature) only creeps along the flat axis
+    slow = conjugate_gradient_steps(fun, xp.zeros((6, 3), dtype=xp.float64), steps=int(out.iterations), lr=0.05)
+    assert np.abs(backend.to_numpy(fun(slow)[1])).max() > 1e-3
+    capped = conjugate_lbfgs(fun, xp.zeros((6, 3), dtype=xp.float64), max_iter=2, gtol=1e-9)
+    assert int(capped.iterations) == 2 and float(capped.grad_norm) > 1e-9
+
+
+def test_conjugate_lbfgs_row_without_descent_stalls_instead_of_looping():
+    # row 1 is NaN from the start: no step is acceptable there, so it stops while row 0 converges
+    fun, _ = _conjugate_problem(np, 2)
+    y0 = np.array([[0.0, 0.0, 0.0], [np.nan, 0.0, 0.0]])
+    out = conjugate_lbfgs(fun, y0, max_iter=30, gtol=1e-9)
+    assert int(out.iterations) < 30 and np.abs(fun(out.y)[1][0]).max() <= 1e-9
+    assert int(out.evaluations) < 3 * int(out.iterations)  # the NaN row does not hold up the line search
+
+
+def test_regression_loss_and_w2ot_baseline_learns_a_2d_gaussian_map():
+    assert float(enot.regression_loss(np.array([[1.0, 1.0]]), np.array([[0.0, 3.0]]))) == pytest.approx(2.5)
+    pytest.importorskip("torch")
+    (m0, c0, m1, c1), sx, sy = gaussian_pair(2, 0)
+    trainer = enot.ENOT(2, framework="torch", expectile_weight=0.0, conjugate="lbfgs", amortization="regression",
+                        conjugate_steps=10, conjugate_gtol=1e-4, bidirectional=False, **SMALL)
+    trainer.fit(sx, sy, 150, progress=False)
+    iterations, evaluations = (int(v) for v in trainer.last_conjugate)
+    assert 1 <= iterations <= 10 and evaluations > iterations
+    x = sx(np.random.default_rng(1), 2000)
+    a, b = gaussian_map(m0, c0, m1, c1)
+    assert float(l2_uvp(trainer.transport(x).numpy(), x @ a + b)) < 5.0
+
+
+def test_cost_scale_is_shift_free_and_scales_with_the_cost(rng):
+    x, y = rng.normal(size=(200, 3)), rng.normal(size=(200, 3))
+    cost = enot.PowerCost(2.0)
+    base = float(enot.cost_scale(cost, x, y))
+    assert float(enot.cost_scale(cost, x + 5.0, y - 2.0)) == pytest.approx(base, rel=1e-12)
+    assert float(enot.cost_scale(cost, 3.0 * x, 3.0 * y)) == pytest.approx(9.0 * base, rel=1e-12)
+    assert base == pytest.approx(3.0, rel=0.2)  # E |x - y|^2 / 2 = dim for independent standard normals
