@@ -25,15 +25,17 @@ from ._validate import check_int, namespace_of
 __all__ = ["top_indices", "simplex_on_sorted", "sparse_simplex_projection", "scatter_last", "ARGMAX_PASSES"]
 
 ARGMAX_PASSES = 32  # JAX: up to this k, k argmax passes (O(k n)) beat a full sort on XLA CPU
+ARGMAX_PASSES_NUMPY = 4  # NumPy, CuPy: up to this k, k argmax passes beat one argpartition
 
 
 def top_indices(xp: Any, x: Any, k: int) -> tuple[Any, Any]:
     """The ``k`` largest entries along the last axis, largest first, and their indices.
 
-    Exactly ``k`` distinct indices per row (ties broken by position). NumPy and
-    CuPy use ``argpartition`` (O(n)), PyTorch ``topk``, JAX ``k`` ``argmax``
-    passes for ``k <= ARGMAX_PASSES`` (``jnp.argpartition`` is a near-full sort
-    on XLA CPU), other libraries one ``argsort``.
+    Exactly ``k`` distinct indices per row. NumPy and CuPy use ``k`` ``argmax``
+    passes for ``k <= ARGMAX_PASSES_NUMPY``, else ``argpartition`` (O(n)),
+    PyTorch ``topk``, JAX ``k`` ``argmax`` passes for ``k <= ARGMAX_PASSES``
+    (``jnp.argpartition`` is a near-full sort on XLA CPU), other libraries one
+    ``argsort``; the argmax passes break ties by position.
 
     >>> import numpy as np
     >>> top_indices(np, np.array([[0.1, 0.9, 0.5]]), 2)
@@ -43,8 +45,18 @@ def top_indices(xp: Any, x: Any, k: int) -> tuple[Any, Any]:
     if compat.is_torch_namespace(xp):
         vals, idx = xp.topk(x, k, dim=-1, largest=True, sorted=True)
         return vals, idx
+    if (compat.is_numpy_namespace(xp) or compat.is_cupy_namespace(xp)) and k <= ARGMAX_PASSES_NUMPY:
+        rest = xp.reshape(xp.asarray(x, copy=True), (-1, n))  # k argmax passes, each masking its pick
+        rows = xp.arange(rest.shape[0])
+        picked = []
+        for _ in range(k):
+            i = xp.argmax(rest, axis=-1)
+            picked.append(i)
+            rest[rows, i] = -xp.inf
+        idx = xp.reshape(xp.stack(picked, axis=-1), (*x.shape[:-1], k))
+        return xp.take_along_axis(x, idx, axis=-1), idx
     if compat.is_numpy_namespace(xp) or compat.is_cupy_namespace(xp):
-        idx = xp.argpartition(-x, k - 1, axis=-1)[..., :k] if k < n else xp.broadcast_to(xp.arange(n), x.shape)
+        idx = xp.argpartition(x, n - k, axis=-1)[..., n - k :]
         vals = xp.take_along_axis(x, idx, axis=-1)
         order = xp.argsort(-vals, axis=-1, kind="stable")
         return xp.take_along_axis(vals, order, axis=-1), xp.take_along_axis(idx, order, axis=-1)

@@ -132,6 +132,30 @@ def test_repair_failure_warns():
     assert not bool(r.converged) and float(r.error) > 0.9 and np.count_nonzero(r.plan) == 1
 
 
+def test_repaired_plan_solves_the_problem_on_its_support():
+    """With cycles in its support, the repaired plan is polished to the optimum of the quadratic
+    problem restricted to that support: alpha_i + beta_j = C_ij + gamma P_ij on every entry."""
+    c, gamma = _cost(np.random.default_rng(2), 40, 40), 3e-2
+    r = sparse_ot(c, k=2, gamma=gamma)
+    support = r.plan > 0
+    rows, cols = np.nonzero(support)
+    parent = list(range(80))  # count the independent cycles of the support with a union-find
+
+    def find(u):
+        while parent[u] != u:
+            u = parent[u]
+        return u
+
+    cycles = 0
+    for i, j in zip(rows, cols):
+        u, v = find(i), find(40 + j)
+        cycles += u == v
+        parent[u] = v
+    assert cycles >= 2 and bool(r.converged) and float(r.gap) > 0 and np.count_nonzero(r.plan, axis=0).max() <= 2
+    residual = (r.alpha[:, None] + r.beta[None, :] - c - gamma * r.plan)[support]
+    np.testing.assert_allclose(residual, 0.0, atol=1e-12)
+
+
 def test_repaired_gradients(rng):
     """Gradients of the repaired plan: those of the quadratic problem on its support (here a
     spanning tree, so the plan is locally constant and the objective's gradient is the plan)."""
