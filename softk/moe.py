@@ -11,7 +11,7 @@ The plan is the combine weights (differentiable in the logits, through the
 plan's implicit VJP and the softmax); its support is the dispatch mask. A
 token's combine weights sum to one where the marginals are met. Eager calls
 repair the plan where the cardinality constraint binds (tight capacities) or
-the step budget runs out; under ``jax.jit`` (no repair) the plan can fall short
+the step budget runs out; under JAX tracing (no repair) the plan can fall short
 of them there, and ``1 - sum`` is the token mass that was dropped.
 """
 

@@ -19,7 +19,7 @@ are concave (the duals of its convex relaxation). Three steps:
    ``[alpha + beta_j - C[:, j]]_+ / gamma`` (dual): at most ``k`` nonzeros per
    column exactly.
 3. Where that plan misses ``tol`` (the constraint binds: the dual's maximiser
-   is a kink) and the values can be read (eager, not under ``jax.jit``),
+   is a kink) and the values can be read (eager, not traced by ``jax.jit``, ``jax.grad`` or ``jax.vmap``),
    :mod:`softk.sparse_repair` moves mass on a candidate graph into a plan that
    meets the marginals with at most ``k`` nonzeros per column; ``gap`` is its
    objective minus ``dual_value``.
@@ -67,7 +67,7 @@ class SparseOTResult:
     objective : array (...,)
         Differentiable (``d objective / dC = plan``). The primal objective
         ``<P, C> + (gamma / 2) ||P||^2`` of the repaired plan; where no repair ran (the
-        dual readout met ``tol``, or under ``jax.jit``), the (semi-)dual objective at the
+        dual readout met ``tol``, or under JAX tracing), the (semi-)dual objective at the
         solution, which equals the plan's primal objective when the marginals are met.
     dual_value : array (...,)
         The semi-dual at the returned ``alpha`` of the dual solve: a certified lower bound
@@ -82,7 +82,7 @@ class SparseOTResult:
     converged : 0-d bool array
         Whether the returned plan meets the marginals to ``tol`` (relative, per entry).
         If the repair finds no such plan, a :class:`MarginalGapWarning` says so. Under
-        ``jax.jit`` (no repair) the plan is the dual readout: where it misses ``tol`` at a
+        JAX tracing (``jit``, ``grad``, ``vmap``: no repair) the plan is the dual readout: where it misses ``tol`` at a
         kink, ``converged`` is False and a :class:`MarginalGapWarning` says so; running out
         of ``max_iter`` there gives a :class:`softk.NotConvergedWarning`.
     """
@@ -173,7 +173,7 @@ PLAN = _solving("sparse_ot_plan", PLAN_AT, FIXED_PLAN)
 class MarginalGapWarning(RuntimeWarning):
     """:func:`sparse_ot` returns a plan that violates the marginals (by ``error``): the repair
     found no feasible plan with at most ``k`` nonzeros per column on its candidate graph, or
-    (under ``jax.jit``, no repair) the dual is maximised at a kink, where the cardinality
+    (under JAX tracing, no repair) the dual is maximised at a kink, where the cardinality
     constraint binds, and the plan read off it misses the marginals."""
 
 

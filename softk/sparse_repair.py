@@ -23,7 +23,7 @@ column to its ``k + 2`` best rows under ``alpha``) until the rows are met too:
 
 This is a small graph algorithm on O(k m) edges, run on host lists per batch
 entry (eager only; :func:`softk.sparse_ot.sparse_ot` keeps the dual readout
-under ``jax.jit``). :func:`tree_duals` gives dual variables of the repaired
+under JAX tracing). :func:`tree_duals` gives dual variables of the repaired
 plan on its support (``alpha_i + beta_j = C_ij + gamma P_ij`` along a spanning
 forest of it, and after the polish on every entry), used for the gradients in
 the weights.
