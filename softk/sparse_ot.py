@@ -122,7 +122,7 @@ def _warm_start(xp, cost, a, b):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotConvergedWarning)  # a warm start only
         f = softk.sinkhorn(cost / span, a=a, b=b, epsilon=WARM_EPSILON, tol=1e-2, max_iter=5000).f
-    return f * span[..., 0]
+    return xp.where(xp.isfinite(f), f * span[..., 0], xp.zeros_like(f))  # any start is valid
 
 
 def _semidual_beta(xp, ct, alpha, mass, idx, gamma):
