@@ -41,6 +41,7 @@ from .sparse_projection import simplex_on_sorted, top_indices
 
 __all__ = ["repaired", "repair", "polish", "tree_duals", "host_list"]
 
+
 def repaired(xp: Any, cost: Any, a: Any, b: Any, alpha: Any, k: int, gamma: float) -> tuple:
     """The repaired plan from the semi-dual readout at ``alpha`` (..., n), per batch entry.
 
