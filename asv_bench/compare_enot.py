@@ -137,7 +137,8 @@ def report(results: list[dict], mixture: dict | None, args: argparse.Namespace, 
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
         f"(load average at the end {os.getloadavg()[0]:.1f}); one thread per case, {args.jobs} case(s) at a time. "
         f"JAX trainer (jitted step, optax Adam), float32. {args.steps} steps per case, L2-UVP on 4,096 fresh "
-        f"points every {args.eval_every} steps; seconds are training only. Whole run: {seconds / 60:.1f} min.",
+        f"points every {args.eval_every} steps; seconds are training only. "
+        + (f"Whole run: {seconds / 60:.1f} min." if seconds == seconds else "Rebuilt from the runs' JSON."),
     ]
     sections = [(True, "Networks with a quadratic term (`quadratic=True`, the default)"),
                 (False, "The paper's plain MLPs (`quadratic=False`)")]
