@@ -91,8 +91,8 @@ def _leading_spec(x: Any, shape: tuple) -> Any:
     return jax.sharding.PartitionSpec(*out)
 
 
-def while_loop(cond: Callable, body: Callable, state: Any) -> Any:
-    return jax.lax.while_loop(cond, body, state)
+def while_loop(cond: Callable, body: Callable, state: Any, traceable: bool = False) -> Any:
+    return jax.lax.while_loop(cond, body, state)  # always traced
 
 
 def values_known(x: Any) -> bool:

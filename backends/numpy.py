@@ -18,7 +18,7 @@ def apply(op: Any, arrays: tuple, params: dict) -> Any:
     return out
 
 
-def while_loop(cond: Callable, body: Callable, state: Any) -> Any:
+def while_loop(cond: Callable, body: Callable, state: Any, traceable: bool = False) -> Any:
     while bool(cond(state)):
         state = body(state)
     return state

@@ -16,6 +16,7 @@ residuals as constants.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,10 @@ from softk._op import PYTREES
 __all__ = ["apply", "while_loop", "values_known", "on_false", "accepts_out"]
 
 
-class _CoreFunction(torch.autograd.Function):
+class _TracedFunction(torch.autograd.Function):
+    """The op's forward and backward: what ``torch.compile`` traces (Dynamo cannot trace a
+    Function with a custom ``jvp``, so forward mode is not offered inside compiled code)."""
+
     @staticmethod
     def forward(op: Any, params: dict, *arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out, residuals = op.forward(xp, *arrays, **params)
@@ -56,6 +60,11 @@ class _CoreFunction(torch.autograd.Function):
                 "this operator's backward (PyTorch's legacy batching has no rule for one of its ops); "
                 "use torch.func.jacrev or vectorize=False"
             ) from err
+
+
+
+class _CoreFunction(_TracedFunction):
+    """:class:`_TracedFunction` with forward mode (``jvp``) and a ``torch.func.vmap`` rule."""
 
     @staticmethod
     def jvp(ctx: Any, _op: Any, _params: Any, *tangents: torch.Tensor | None) -> tuple:
@@ -141,11 +150,29 @@ class _NoSecondDerivative(torch.autograd.Function):
 
 
 def apply(op: Any, arrays: tuple, params: dict) -> Any:
-    outs = _CoreFunction.apply(op, params, *arrays)
+    function = _TracedFunction if torch.compiler.is_compiling() else _CoreFunction
+    outs = function.apply(op, params, *arrays)
     return tuple(outs[: op.n_out]) if op.n_out > 1 else outs[0]
 
 
-def while_loop(cond: Callable, body: Callable, state: Any) -> Any:
+def while_loop(cond: Callable, body: Callable, state: Any, traceable: bool = False) -> Any:
+    """A Python loop; a ``traceable`` one, while ``torch.compile`` traces, PyTorch's ``while_loop``
+    operator (one graph)."""
+    if traceable and torch.compiler.is_compiling():
+        from torch._higher_order_ops.while_loop import while_loop as traced_loop
+
+        leaves, spec = torch_pytree.tree_flatten(state)  # the operator takes a flat tuple of tensors,
+        leaves = [t.clone() if any(t is u for u in leaves[:i]) else t for i, t in enumerate(leaves)]  # none twice
+
+        def traced_body(*flat: Any) -> tuple:  # and refuses a tensor passed through as is
+            out = torch_pytree.tree_leaves(body(torch_pytree.tree_unflatten(list(flat), spec)))
+            return tuple(o.clone() if any(o is i for i in flat) else o for o in out)
+
+        def traced_cond(*flat: Any) -> torch.Tensor:  # a fresh 0-d flag, never a view of the state
+            return cond(torch_pytree.tree_unflatten(list(flat), spec)).clone()
+
+        final = traced_loop(traced_cond, traced_body, tuple(leaves))
+        return torch_pytree.tree_unflatten(list(final), spec)
     while bool(cond(state)):
         state = body(state)
     return state
@@ -196,3 +223,10 @@ def _register_pytrees() -> None:
 
 
 _register_pytrees()
+
+# Dynamo notes each call of a functools.lru_cache-wrapped function it traces through; the ones in
+# softk's calls are array_api_compat's type checks (which namespace an array belongs to), pure
+# functions of a type: about 40 such notes per compiled softk call, none of them actionable.
+warnings.filterwarnings(
+    "ignore", message=r"Dynamo detected a call to a `functools\.lru_cache`-wrapped function at '(_helpers|_dispatch|_xp)\.py", category=UserWarning
+)

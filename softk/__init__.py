@@ -8,6 +8,7 @@ One array-API core (``softk``) defines each operator as a forward and a VJP;
 [0.0, 1.0, 0.0]
 """
 
+from ._dispatch import preload as _preload
 from ._op import vjp
 from ._warnings import NotConvergedWarning
 from .beam import BeamSearchOutput, beam_search
@@ -57,3 +58,5 @@ __all__ = [
     "NotConvergedWarning",
 ]
 __version__ = "0.1.0"
+
+_preload()

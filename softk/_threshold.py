@@ -12,9 +12,12 @@ bisection fallback) reaches machine precision in a handful of O(n) passes at
 any temperature.
 
 Speed: ``c`` starts between the k-th and (k+1)-th selected scores (an O(n)
-partial sort), ``tau`` starts at the root of the problem on the best ``k + 17``
-entries plus every ``STRIDE``-th other entry weighted for its share of the rest
-(one full-size evaluation at epsilon = 1e-3, two at 0.1 and 1),
+partial sort). On rows of at least ``REDUCED_MIN`` entries ``tau`` starts at the
+root of the problem on the best ``k + 17`` entries plus every ``STRIDE``-th
+other entry weighted for its share of the rest (one full-size evaluation at
+epsilon = 1e-3, two at 0.1 and 1); on shorter rows, where each operation's
+fixed cost rules, at 0 with ``UNROLLED`` Newton steps before the first
+convergence test (one host round trip instead of one per step).
 ``w_i = exp(scale * (x_i - c))`` is computed once, and each Newton step on
 ``tau`` costs one multiply and one reciprocal per entry, with no further
 ``exp``. ``w`` is clipped to ``exp(+-U)``: every product stays a normal
@@ -37,6 +40,8 @@ from ._xp import into, normal_exponent, top_values
 __all__ = ["soft_select", "hard_select", "first_k", "hard_epsilon", "ThresholdResult"]
 
 MAX_NEWTON = 100
+UNROLLED = 3  # Newton steps taken before the first convergence test, on rows shorter than REDUCED_MIN
+REDUCED_MIN = 2048  # rows at least this long start from the root of a reduced problem instead
 MAX_RECENTRE = 8
 CANDIDATES = 16  # ranked entries past the (k+1)-th that the starting point is solved on
 STRIDE = 64  # every STRIDE-th entry of the rest stands for its neighbours in the starting problem
@@ -138,46 +143,63 @@ def soft_select(
     dev = _dev(x)
     tiny = xp.asarray(finfo.smallest_normal, dtype=x.dtype, device=dev)
 
-    def newton(w: Any, a: Any, tau: Any, weights: Any = None, mass_total: float = n) -> tuple[Any, Any, Any, Any]:
+    def newton(w: Any, a: Any, tau: Any, weights: Any = None, mass_total: float = n, unrolled: int = 0) -> tuple[Any, Any, Any, Any]:
         """Solve sum(weights / (1 + w e^tau)) = k for tau in [-window, window], from ``tau``.
 
         Newton runs on the log-odds ``log S - log(N - S)`` of the total
         ``S = sum weights A`` (weights 1 when ``None``; ``N = mass_total``
         is the weights' sum), which is nearly linear in ``tau`` in both tails,
         so a start far from the root costs one or two steps, not ``|tau|`` of them.
+        The first ``unrolled`` steps run without a convergence test (no host
+        round trip each: on small inputs those dominate), clamped to the window;
+        the loop then checks the result and, where needed, goes on safeguarded
+        (bracketed, with bisection).
         """
         log_odds = math.log(k / (mass_total - k))
+
+        def evaluate(tau: Any, a: Any) -> tuple[Any, Any, Any]:
+            """``A`` at ``tau`` (in ``a``'s memory), ``S`` and ``sum weights A (1 - A)``."""
+            a = into(xp, a, xp.multiply, w, xp.exp(tau))
+            a += 1.0
+            a **= -1.0
+            if weights is None:
+                total = xp.sum(a, axis=-1, keepdims=True)
+                return a, total, total - xp.linalg.vector_norm(a, axis=-1, keepdims=True) ** 2
+            weighted = weights * a
+            total = xp.sum(weighted, axis=-1, keepdims=True)
+            return a, total, total - xp.sum(weighted * a, axis=-1, keepdims=True)
+
+        def step(tau: Any, total: Any, curvature: Any) -> Any:
+            """The Newton step on the log-odds: ``d/dtau log(S / (N - S)) = -curvature N / (S (N - S))``."""
+            selected, rest = xp.maximum(total, tiny), xp.maximum(mass_total - total, tiny)
+            gap = xp.log(selected / rest) - log_odds
+            return tau + gap * (selected * rest) / xp.maximum(curvature * mass_total, tiny)
+
+        def converged(total: Any, tau: Any, new_tau: Any) -> Any:
+            return (xp.abs(total - k) <= atol) | (xp.abs(new_tau - tau) <= step_tol * (1.0 + xp.abs(tau)))
 
         def cond(state: tuple) -> Any:
             it, done = state[0], state[-1]
             return xp.logical_and(it < MAX_NEWTON, xp.logical_not(xp.all(done)))
 
         def body(state: tuple) -> tuple:
-            it, tau, lo, hi, a, done = state
-            a = into(xp, a, xp.multiply, w, xp.exp(tau))
-            a += 1.0
-            a **= -1.0
-            if weights is None:
-                total = xp.sum(a, axis=-1, keepdims=True)
-                curvature = total - xp.linalg.vector_norm(a, axis=-1, keepdims=True) ** 2  # sum a (1 - a)
-            else:
-                weighted = weights * a
-                total = xp.sum(weighted, axis=-1, keepdims=True)
-                curvature = total - xp.sum(weighted * a, axis=-1, keepdims=True)
-            excess = total - k
-            above = excess > 0
+            it, tau, lo, hi, a, total, curvature, done = state
+            above = total > k
             lo = xp.where(above, tau, lo)
             hi = xp.where(above, hi, tau)
-            selected, rest = xp.maximum(total, tiny), xp.maximum(mass_total - total, tiny)
-            gap = xp.log(selected) - xp.log(rest) - log_odds
-            derivative = curvature * (1.0 / selected + 1.0 / rest)
-            newton_tau = tau + gap / xp.maximum(derivative, tiny)
+            newton_tau = step(tau, total, curvature)
             new_tau = xp.where((newton_tau > lo) & (newton_tau < hi), newton_tau, 0.5 * (lo + hi))
-            done = done | (xp.abs(excess) <= atol) | (xp.abs(new_tau - tau) <= step_tol * (1.0 + xp.abs(tau)))
-            return it + 1, xp.where(done, tau, new_tau), lo, hi, a, done
+            new_tau = xp.where(done, tau, new_tau)  # a converged row stays where it is
+            a, total, curvature = evaluate(new_tau, a)
+            return it + 1, new_tau, lo, hi, a, total, curvature, done | converged(total, tau, new_tau)
 
-        init = (xp.asarray(0, device=dev), tau, zero - window, zero + window, a, xp.zeros(centre.shape, dtype=xp.bool, device=dev))
-        it, tau, _, _, a, done = while_loop(xp, cond, body, init)
+        for _ in range(unrolled):
+            a, total, curvature = evaluate(tau, a)
+            tau = xp.clip(step(tau, total, curvature), -window, window)
+        a, total, curvature = evaluate(tau, a)
+        done = xp.abs(total - k) <= atol
+        init = (xp.asarray(unrolled, device=dev), tau, zero - window, zero + window, a, total, curvature, done)
+        it, tau, _, _, a, _, _, done = while_loop(xp, cond, body, init, traceable=True)
         return tau, a, done, it
 
     def odds(values: Any, centre: Any) -> tuple[Any, Any]:
@@ -193,8 +215,10 @@ def soft_select(
     # every STRIDE-th other entry, each standing for its share of the n - count others.
     # At small epsilon the best entries carry the sum (the full problem is solved at
     # its first evaluation); at large epsilon the strided sample carries the tail.
-    start, reduced_iter = zero, xp.asarray(0, device=dev)
-    if n >= 4 * count:
+    # Small rows start from the midpoint instead, with unrolled steps (per-call overhead rules there).
+    start, reduced_iter, unrolled = zero, xp.asarray(0, device=dev), UNROLLED
+    if n >= max(4 * count, REDUCED_MIN):
+        unrolled = 0
         sample = x[..., ::STRIDE]
         beyond = best[..., count - 1 : count]
         others = (sample < beyond) if largest else (sample > beyond)
@@ -208,7 +232,7 @@ def soft_select(
     def solve_at(centre: Any, tau: Any, it: Any, n_iter: Any) -> tuple:
         """Newton around ``centre``; ask for another pass where the root left the window."""
         w, u = odds(x, centre)
-        tau, a, done, inner = newton(w, u, tau, weights, mass_total)  # u is free: it becomes A
+        tau, a, done, inner = newton(w, u, tau, weights, mass_total, unrolled)  # u is free: it becomes A
         again = xp.abs(tau) >= 0.9 * window
         centre = xp.where(again, centre - tau / slope, centre)
         return it + 1, centre, a, w, tau, done, n_iter + inner, again
@@ -219,7 +243,7 @@ def soft_select(
 
     first = solve_at(centre, start, xp.asarray(0, device=dev), reduced_iter)
     _, _, a, w, tau, done, n_iter, again = while_loop(
-        xp, outer_cond, lambda s: solve_at(s[1], zero, s[0], s[6]), first
+        xp, outer_cond, lambda s: solve_at(s[1], zero, s[0], s[6]), first, traceable=True
     )
     # w is free: it becomes A (1 - A) = q A^2 with the odds q = w e^tau, in that order
     # (q A ~ 1), so no cancellation near A = 1 and no underflow of A^2.

@@ -35,8 +35,8 @@ from array_api_compat import device
 from ._layout import from_rows, to_rows
 from ._op import CoreOp, differentiable
 from ._ot.implicit import schur_method, schur_solve
-from ._ot.solved import solved_plan
 from ._ot.newton import semidual_newton_plan
+from ._ot.solved import solved_plan
 from ._validate import (
     check_axis,
     check_choice,

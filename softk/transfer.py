@@ -113,7 +113,7 @@ def _backward(xp, arrays, residuals, cotangent, *, epsilon, normalize, debias, t
     s, t = (rest.pop(0), rest.pop(0)) if normalize != "none" else arrays
     rs, rt = rest if normalize == "standardize" else (None, None)
     cot = cotangent[..., None, None]
-    grads = []
+    grads: list[Any] = []
     # dW/ds = 2 (s diag(a) - t P^T), dW/dt = 2 (t diag(b) - s P); debiased, the a s terms of
     # W(s, t) and W(s, s) / 2 cancel. A frozen layer (needs False) costs no matrix product.
     for x, other, pt, self_plan, r, need in ((s, t, _mT(xp, plan), p_ss, rs, needs[0]), (t, s, plan, p_tt, rt, needs[1])):

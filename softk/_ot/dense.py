@@ -87,7 +87,7 @@ def sinkhorn_log(
     else:
         f0, g0 = init
     inf = xp.asarray(float("inf"), dtype=cost.dtype, device=dev)
-    it, f, g, err = while_loop(xp, cond, body, (xp.asarray(0, device=dev), f0, g0, inf))
+    it, f, g, err = while_loop(xp, cond, body, (xp.asarray(0, device=dev), f0, g0, inf), traceable=True)
     return SinkhornResult(f, g, err, it, err <= tol)
 
 
@@ -137,7 +137,7 @@ def log_domain(xp, block, g_update, f, g, spread, epsilon, *, tol, max_iter, che
         return it + steps, xp.where(done, halved, eps), f, g, err
 
     inf = xp.asarray(math.inf, dtype=dtype, device=dev)
-    it, eps, f, g, err = while_loop(xp, cond, body, (xp.asarray(0, device=dev), eps0, f, g, inf))
+    it, eps, f, g, err = while_loop(xp, cond, body, (xp.asarray(0, device=dev), eps0, f, g, inf), traceable=True)
     # stopped in an earlier stage: one g-update at epsilon makes the columns exact (and the plan finite)
     g = xp.where(eps > epsilon, g_update(f, epsilon), g)
     return SinkhornResult(f, g, err, it, err <= tol)

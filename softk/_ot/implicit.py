@@ -164,4 +164,4 @@ def diagonal_cg(xp: Any, operator: Any, b: Any, rhs: Any, tol: float, max_iter: 
         return it + 1, w, r, p, rz_new
 
     state = (xp.asarray(0, device=device(b)), xp.zeros_like(rhs), rhs, z, rz)
-    return while_loop(xp, cond, body, state)[1]
+    return while_loop(xp, cond, body, state, traceable=True)[1]

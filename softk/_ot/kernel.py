@@ -181,7 +181,7 @@ def _traced(xp, cost, log_a, log_b, epsilon, tol, max_iter, check_every, f, g, s
             return (xp.asarray(True), *sinkhorn_block(xp, cost, log_a, log_b, a, f, g, eps, steps))
 
         start = (ok, xp.where(ok, f_new, f), xp.where(ok, g_new, g), xp.where(ok, err, xp.full_like(err, math.inf)))
-        return while_loop(xp, lambda state: xp.logical_not(state[0]), redo, start)[1:]
+        return while_loop(xp, lambda state: xp.logical_not(state[0]), redo, start, traceable=True)[1:]
 
     def g_update(f: Any, eps: float) -> Any:
         return -eps * logsumexp(xp, log_a[..., :, None] + (f[..., :, None] - cost) / eps, axis=-2)
