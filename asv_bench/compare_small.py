@@ -1,28 +1,64 @@
-"""Small eager PyTorch calls: softk.soft_topk (forward + backward) against torch.topk's forward.
+"""Small PyTorch calls, one run: softk.soft_topk (eager and compiled) against torch.topk and LapSum.
 
-Eager per-call overhead dominates at these sizes (validation, dispatch, the
-solver's Python loop). Prints one markdown row per size: the median of
-``--repeat`` timings of ``--number`` calls each, single thread.
+Per size (float32, k as listed, epsilon 0.1 in the paper's normalisation; LapSum at
+the same temperature in score units, ``alpha = M epsilon / 2``), one thread:
 
-Run: ``python asv_bench/compare_small.py [--repeat 7] [--number 50]``
+* ``torch.topk`` forward (the hard operator, the issue's yardstick);
+* LapSum forward + backward (:mod:`lapsum`, our transcription of its closed form);
+* ``softk.soft_topk`` forward + backward, eager;
+* the same under ``torch.compile(fullgraph=True, dynamic=False)`` (compiled per size, before timing).
+
+Forward + backward is ``torch.autograd.grad(op(x), x, v)`` with a random ``v``.
+Each figure is the best of ``--repeat`` timings of ``--number`` calls (the
+least disturbed by other processes on a shared machine), in microseconds.
+
+    OMP_NUM_THREADS=1 python asv_bench/compare_small.py [--repeat 7] [--number 50]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
+import sys
 import timeit
+import warnings
 
 import torch
 
 import softk
 
-SIZES = ((32, 100, 5), (32, 1000, 10), (256, 100, 5), (8, 10_000, 50))
+sys.path.insert(0, os.path.dirname(__file__))
+from lapsum import lapsum_topk  # noqa: E402
+
+SIZES = ((32, 100, 5), (32, 1000, 10), (256, 100, 5), (32, 100_000, 5))
 
 
-def _timer(fn, number: int, repeat: int) -> float:
+def best(fn, number: int, repeat: int) -> float:
     fn()
-    return statistics.median(timeit.repeat(fn, number=number, repeat=repeat)) / number
+    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number
+
+
+def row(batch: int, n: int, k: int, epsilon: float, number: int, repeat: int) -> str:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, n, generator=gen).requires_grad_(True)
+    v = torch.randn(batch, n, generator=gen)
+    radius = float(torch.maximum(x.max() - 0.5, 0.5 - x.min()) + 0.5)  # the paper's M = R^2 (largest row bound)
+    alpha = radius * radius * epsilon / 2.0
+
+    def grad_of(op):
+        return lambda: torch.autograd.grad(op(x), x, v)
+
+    eager = grad_of(lambda x: softk.soft_topk(x, k, epsilon=epsilon))
+    compiled_op = torch.compile(lambda x: softk.soft_topk(x, k, epsilon=epsilon), fullgraph=True, dynamic=False)
+    compiled = grad_of(compiled_op)
+    lapsum = grad_of(lambda x: lapsum_topk(x, k, alpha))
+    scale = max(1, n // 1000)
+    number = max(1, number // scale)
+    t_topk = best(lambda: torch.topk(x.detach(), k), number, repeat)
+    times = [best(fn, number, repeat) for fn in (lapsum, eager, compiled)]
+    cells = " | ".join(f"{t * 1e6:.0f} us" for t in times)
+    ratios = " | ".join(f"{t / t_topk:.0f}x" for t in times[1:])
+    return f"| {batch} x {n}, {k} | {t_topk * 1e6:.1f} us | {cells} | {ratios} | {times[0] / times[1]:.2f} / {times[0] / times[2]:.2f} |"
 
 
 def main() -> None:
@@ -32,22 +68,13 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=0.1)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, epsilon {args.epsilon}, float32, median of {args.repeat} x {args.number} calls")
-    print("| batch x n, k | torch.topk fwd | softk fwd | softk fwd+bwd | ratio fwd+bwd / topk |")
-    print("| --- | --- | --- | --- | --- |")
+    warnings.simplefilter("ignore", UserWarning)
+    print(f"torch {torch.__version__}, 1 thread, float32, epsilon {args.epsilon}, best of {args.repeat} x {args.number} calls\n")
+    print("| batch x n, k | torch.topk fwd | LapSum fwd+bwd | softk eager fwd+bwd | softk compiled fwd+bwd "
+          "| eager / topk | compiled / topk | LapSum / softk (eager / compiled) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for batch, n, k in SIZES:
-        x = torch.randn(batch, n)
-        xg = x.clone().requires_grad_()
-        v = torch.randn(batch, n)
-
-        def fwd_bwd():
-            (g,) = torch.autograd.grad(softk.soft_topk(xg, k, epsilon=args.epsilon), xg, v)
-            return g
-
-        t_topk = _timer(lambda: torch.topk(x, k), args.number, args.repeat)
-        t_fwd = _timer(lambda: softk.soft_topk(x, k, epsilon=args.epsilon), args.number, args.repeat)
-        t_fb = _timer(fwd_bwd, args.number, args.repeat)
-        print(f"| {batch} x {n}, {k} | {t_topk * 1e6:.1f} us | {t_fwd * 1e6:.1f} us | {t_fb * 1e6:.1f} us | {t_fb / t_topk:.0f}x |")
+        print(row(batch, n, k, args.epsilon, args.number, args.repeat), flush=True)
 
 
 if __name__ == "__main__":
