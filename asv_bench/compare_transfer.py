@@ -14,7 +14,9 @@ Two inputs (seed 0):
   Gaussian (512 correlated neurons of rank 32), student the teacher with
   its neurons permuted plus N(0, 0.5^2) noise (a peaked plan).
 
-Both layers require gradients. The two timings alternate (``--repeats``
+Two gradient cases: ``student`` (the teacher frozen, as in distillation: the
+gradient reaches the student only) and ``both`` (both layers require
+gradients). The two timings alternate (``--repeats``
 pairs, after two warm-up calls) so that load from other processes hits both
 alike; reported are the median process CPU times and the medians of the
 per-pair ratios of CPU time and of wall time (CPU time is the steadier on a
@@ -27,6 +29,7 @@ shared machine: it does not count time spent waiting for a core).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -36,7 +39,8 @@ import array_api_compat.torch as tx
 import torch
 
 import softk
-from softk.transfer import _normalise, _normalise_vjp, ot_transfer_loss
+from softk._ot.solved import solved_plan
+from softk.transfer import _backward, _forward, _normalise, _solve, ot_transfer_loss
 
 
 def inputs(kind: str, batch: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,8 +57,8 @@ def linear_step(layer: torch.nn.Linear, x: torch.Tensor) -> None:
     layer(x.detach().requires_grad_(True)).sum().backward()
 
 
-def transfer_step(student: torch.Tensor, teacher: torch.Tensor, **kwargs) -> None:
-    s, t = student.detach().requires_grad_(True), teacher.detach().requires_grad_(True)
+def transfer_step(student: torch.Tensor, teacher: torch.Tensor, both: bool, **kwargs) -> None:
+    s, t = student.detach().requires_grad_(True), teacher.detach().requires_grad_(both)
     ot_transfer_loss(s, t, **kwargs).backward()
 
 
@@ -65,7 +69,7 @@ def timed(fn, *args, **kwargs) -> tuple[float, float]:
     return time.process_time() - c0, time.perf_counter() - w0
 
 
-def compare(kind: str, epsilon: float, args) -> dict:
+def compare(kind: str, epsilon: float, both: bool, args) -> dict:
     student, teacher = inputs(kind, args.batch, args.width)
     layer = torch.nn.Linear(args.width, args.width)
     kwargs = dict(epsilon=epsilon, normalize=args.normalize, tol=args.tol)
@@ -73,11 +77,10 @@ def compare(kind: str, epsilon: float, args) -> dict:
         warnings.simplefilter("error", softk.NotConvergedWarning)
         for _ in range(2):
             linear_step(layer, student)
-            transfer_step(student, teacher, **kwargs)
-        pairs = [(timed(linear_step, layer, student), timed(transfer_step, student, teacher, **kwargs)) for _ in range(args.repeats)]
+            transfer_step(student, teacher, both, **kwargs)
+        pairs = [(timed(linear_step, layer, student), timed(transfer_step, student, teacher, both, **kwargs)) for _ in range(args.repeats)]
     s, t = (_normalise(tx, x, args.normalize)[0] for x in (student, teacher))
-    cost = tx.clip(tx.sum(s * s, axis=0)[:, None] + tx.sum(t * t, axis=0)[None, :] - 2.0 * (s.T @ t), min=0.0)
-    n_iter = int(softk.sinkhorn(cost, epsilon=epsilon, tol=args.tol, scaling=False).n_iter)
+    n_iter = int(_solve_counted(s, t, epsilon, args.tol))
     med = {}
     for k, clock in enumerate(("cpu", "wall")):
         med[clock] = (
@@ -88,32 +91,31 @@ def compare(kind: str, epsilon: float, args) -> dict:
     return dict(med, n_iter=n_iter)
 
 
+def _solve_counted(s: torch.Tensor, t: torch.Tensor, epsilon: float, tol: float) -> int:
+    """The loss's own solve (:func:`softk._ot.solved.solved_plan`), for its iteration count."""
+    cost = tx.clip(tx.sum(s * s, axis=0)[:, None] + tx.sum(t * t, axis=0)[None, :] - 2.0 * (s.T @ t), min=0.0)
+    log_w = torch.full((s.shape[1],), -math.log(s.shape[1]))
+    return solved_plan(tx, cost, log_w, log_w, epsilon, tol=tol, max_iter=1000, scaling=False)[4]
+
+
 def breakdown(kind: str, epsilon: float, args) -> dict:
     """Median CPU ms of the loss's parts, called one by one (what ``ot_transfer_loss`` runs)."""
     student, teacher = inputs(kind, args.batch, args.width)
-    s, rs = _normalise(tx, student, args.normalize)
-    t, rt = _normalise(tx, teacher, args.normalize)
-    ones = torch.ones(1, args.width)
-
-    def cost():
-        return torch.cat([-2.0 * s, ones, (s * s).sum(0, keepdim=True)]).T @ torch.cat([t, (t * t).sum(0, keepdim=True), ones])
-
-    out = softk.sinkhorn(cost(), epsilon=epsilon, tol=args.tol, scaling=False)
-    plan = out.plan
+    params = dict(epsilon=epsilon, normalize=args.normalize, debias=False, tol=args.tol, max_iter=1000, scaling=False)
+    s, _ = _normalise(tx, student, args.normalize)
+    t, _ = _normalise(tx, teacher, args.normalize)
+    _, residuals = _forward(tx, student, teacher, **params)
+    one = torch.tensor(1.0)
     parts = {
         "normalise both layers": lambda: (_normalise(tx, student, args.normalize), _normalise(tx, teacher, args.normalize)),
-        "cost matrix (one matrix product)": cost,
-        "softk.sinkhorn solve": lambda: softk.sinkhorn(cost(), epsilon=epsilon, tol=args.tol, scaling=False),
-        "plan and value (.plan, .cost)": lambda: (out.plan, out.cost),
-        "flush tiny plan entries": lambda: torch.where(plan < 1e-30, 0.0, plan),
-        "gradient: two matrix products": lambda: ((2.0 / args.width) * s - 2.0 * (t @ plan.T), (2.0 / args.width) * t - 2.0 * (s @ plan)),
-        "normalisation VJP, both layers": lambda: (_normalise_vjp(tx, s, rs, s, args.normalize), _normalise_vjp(tx, t, rt, t, args.normalize)),
+        "cost matrix and solve (plan, value)": lambda: _solve(tx, s, t, epsilon, args.tol, 1000, False),
+        "gradient, student only (one matrix product)": lambda: _backward(tx, (student, teacher), residuals, one, **params, needs=(True, False)),
+        "gradient, teacher too (a second product)": lambda: _backward(tx, (student, teacher), residuals, one, **params, needs=(False, True)),
     }
     result = {}
     for name, fn in parts.items():
         fn()
         result[name] = statistics.median(timed(fn)[0] for _ in range(args.repeats)) * 1e3
-    result["softk.sinkhorn solve"] -= result["cost matrix (one matrix product)"]
     return result
 
 
@@ -137,15 +139,17 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.width} student and {args.width} teacher neurons; normalize={args.normalize!r}, tol={args.tol:g}, "
         f"scaling off (the default); median of {args.repeats} alternating pairs.",
         "",
-        "| input | epsilon | Sinkhorn iterations | linear fwd+bwd, CPU ms | OT loss + grad, CPU ms | ratio, CPU time (target < 3) | ratio, wall time |",
-        "|---|---|---|---|---|---|---|",
+        "| input | epsilon | gradient for | Sinkhorn iterations | linear fwd+bwd, CPU ms | OT loss + grad, CPU ms | ratio, CPU time (target < 3) | ratio, wall time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for kind in ("gaussian", "structured"):
         for eps in args.eps:
-            r = compare(kind, eps, args)
-            base, ot, ratio = r["cpu"]
-            lines.append(f"| {kind} | {eps:g} | {r['n_iter']} | {base * 1e3:.2f} | {ot * 1e3:.2f} | {ratio:.2f} | {r['wall'][2]:.2f} |")
-            print(lines[-1], flush=True)
+            for both in (False, True):
+                r = compare(kind, eps, both, args)
+                base, ot, ratio = r["cpu"]
+                who = "both layers" if both else "student"
+                lines.append(f"| {kind} | {eps:g} | {who} | {r['n_iter']} | {base * 1e3:.2f} | {ot * 1e3:.2f} | {ratio:.2f} | {r['wall'][2]:.2f} |")
+                print(lines[-1], flush=True)
     lines += [
         "",
         f"## Where the time goes (structured input, epsilon {args.eps[0]:g}; median CPU ms of each part called alone)",
