@@ -143,7 +143,9 @@ def report(results: list[dict], mixture: dict | None, args: argparse.Namespace, 
     sections = [(True, "Networks with a quadratic term (`quadratic=True`, the default)"),
                 (False, "The paper's plain MLPs (`quadratic=False`)")]
     for quadratic, title in sections:
-        rows = [r for r in results if r.get("quadratic", True) == quadratic or r["method"] == "ott_enot" and quadratic]
+        order = (*ENOTS, *BASELINES)
+        rows = sorted((r for r in results if r.get("quadratic", True) == quadratic or r["method"] == "ott_enot"
+                       and quadratic), key=lambda r: (r["dim"], order.index(r["method"]) if r["method"] in order else 9))
         if not rows:
             continue
         lines += ["", f"## {title}", "", *_case_rows(rows), "",
