@@ -63,5 +63,5 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--w2ot", action="store_true", help="train the W2OT baseline (L-BFGS conjugates) instead")
     args = parser.parse_args()
-    w2ot = dict(expectile_weight=0.0, conjugate="lbfgs", amortization="regression")
+    w2ot = dict(expectile_weight=0.0, conjugate="lbfgs", amortization="regression", bidirectional=False)
     main(args.dim, args.steps, args.framework, args.seed, **(w2ot if args.w2ot else {}))

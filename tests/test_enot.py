@@ -129,15 +129,14 @@ def test_torch_and_jax_losses_agree_for_identical_parameters_and_batches(rng):
     x, y = rng.normal(size=(64, 3)), rng.normal(size=(64, 3)) + 1.0
     baseline = dict(expectile_weight=0.0, conjugate="lbfgs", conjugate_steps=3, amortization="regression",
                     cost=enot.PowerCost(1.5))
-    cheap = dict(expectile_weight=0.0, conjugate="gradient", conjugate_steps=2)
-    for options in (dict(tau=0.7), baseline, cheap):
-        kw = dict(hidden=(8, 8), batch_size=64, dtype="float64", seed=3, **options)
+    for options in (dict(tau=0.7), baseline):
+        kw = dict(hidden=(8,), batch_size=64, dtype="float64", seed=3, **options)
         tt, tj = enot.ENOT(3, framework="torch", **kw), enot.ENOT(3, framework="jax", **kw)
         params = {k: [v + 0.1 * rng.normal(size=v.shape) for v in vs] for k, vs in tt.get_params().items()}
         tt.set_params(params)
         tj.set_params(params)
         np.testing.assert_allclose(tt.losses(x, y), tj.losses(x, y), rtol=1e-10)
-        if options is cheap:
+        if options is baseline:
             continue
         # the same seeded batches and Adam: the parameters stay together over a few steps
         tt.fit(lambda g, n: g.normal(size=(n, 3)), y, 3, progress=False)
@@ -252,6 +251,9 @@ def test_regression_loss_and_w2ot_baseline_learns_a_2d_gaussian_map():
     x = sx(np.random.default_rng(1), 2000)
     a, b = gaussian_map(m0, c0, m1, c1)
     assert float(l2_uvp(trainer.transport(x).numpy(), x @ a + b)) < 5.0
+    cheap = enot.ENOT(2, framework="torch", expectile_weight=0.0, conjugate="gradient", conjugate_steps=2, **SMALL)
+    (_, dual, mapl), = cheap.fit(sx, sy, 10, progress=False)
+    assert np.isfinite([dual, mapl]).all() and cheap.last_conjugate is None  # no L-BFGS counts to report
 
 
 def test_cost_scale_is_shift_free_and_scales_with_the_cost(rng):
