@@ -1,23 +1,26 @@
-"""ENOT against the no-expectile baseline on Gaussian pairs (L2-UVP, time), and a mixture pair's W2; markdown report.
+"""ENOT against the amortised-conjugate (W2OT) baseline on Gaussian pairs (L2-UVP, CPU time), and a mixture's W2.
 
 Every case (dimension x method) runs in its own ``python`` process with one
 thread (``OMP_NUM_THREADS=1``, XLA's single-threaded Eigen), ``--jobs`` at a
-time; the problem, the methods and their settings are in
-``asv_bench/benchmarks/enot.py`` (``run_case``). Reported per case: the final
-L2-UVP, the training wall and process-CPU seconds (evaluations excluded), and
-the time each method needs to first reach a common L2-UVP (the larger of the
-two final values, so both reach it; the curve is sampled every
-``--eval-every`` steps).
+time (default one); the problem, the methods (``enot``, ``enot_uni``,
+``enot_paper``, ``w2ot``, ``baseline_5gd``, ``ott_enot``) and their settings
+are in ``asv_bench/benchmarks/enot.py`` (``run_case``). Reported per case: the
+final L2-UVP, the training process-CPU and wall seconds (evaluations
+excluded), the L-BFGS work of the conjugate solve, and, for each ENOT variant
+against each baseline, the CPU seconds each needs to first reach the same
+L2-UVP: the worse of the two final values (so both reach it), on the common
+grid of checkpoints every ``--eval-every`` steps.
 
-``--mixture`` adds a 2-D Gaussian-mixture pair (4 components to 8) whose OT map
-is unknown: ENOT's primal ``2 E c(x, T(x))`` and dual ``2 (E g(y) + E g^c(x))``
-estimates of ``W2^2`` beside ``softk.sinkhorn`` on 2,000 samples a side
-(transport cost of the entropic plan at ``epsilon = 1e-3`` times the mean cost,
-and the debiased divergence).
+Unless ``--no-mixture``, a 2-D Gaussian-mixture pair (4 components to 8) whose
+OT map is unknown is added: ENOT's primal ``2 E c(x, T(x))`` and dual
+``2 (E g(y) + E g^c(x))`` estimates of ``W2^2`` beside ``softk.sinkhorn`` on
+2,000 samples a side (transport cost of the entropic plan at
+``epsilon = 1e-3`` times the mean cost, and the debiased divergence).
 
-    python asv_bench/compare_enot.py --output asv_bench/ENOT_RESULTS.md            # all dims, both methods
-    python asv_bench/compare_enot.py --dims 2,16 --steps 500 --no-mixture        # a quick look
-    python asv_bench/compare_enot.py --extra quadratic=False                       # the paper's plain MLPs
+    python asv_bench/compare_enot.py --methods enot,w2ot,ott_enot --no-mixture 2> quadratic.jsonl
+    python asv_bench/compare_enot.py --extra quadratic=False --no-mixture 2> plain.jsonl   # the paper's plain MLPs
+    python asv_bench/compare_enot.py --dims 2,16 --steps 500 --no-mixture                  # a quick look
+    python asv_bench/compare_enot.py --from-json quadratic.jsonl plain.jsonl --output asv_bench/ENOT_RESULTS.md
 """
 
 from __future__ import annotations
