@@ -16,7 +16,7 @@ MODULES = [
     "softk.sorting_topk", "softk.ot", "softk._ot.kernel", "softk._ot.online", "softk._ot.blocks", "softk._ot.costs",
     "softk._ot.dense", "softk._ot.plan", "softk._ot.schedule", "softk._ot.symmetric", "softk.transfer", "softk.enot", "softk.gaussian_ot",
     "softk.sparse_ot", "softk.sparse_projection", "softk.sparse_repair", "softk.moe", "softk.backends.torch_moe", "softk._ot.solved",
-    "softk.enot_losses", "softk.enot_conjugate", "softk.enot_data", "softk.enot_loop",
+    "softk.enot_losses", "softk.enot_conjugate", "softk.enot_data",
     "softk.topp", "softk.beam", "softk.backends.torch_layers", "softk.backends.jax_layers",
 ]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
