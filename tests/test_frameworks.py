@@ -64,7 +64,7 @@ class TestTorch:
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(grad, ref_grad)
 
-    def test_compile_is_quiet(self):
+    def test_compile_is_quiet(self, tmp_path):
         """A user's script: softk imported first, one compiled training step, nothing on stderr."""
         script = (
             "import softk, torch\n"
@@ -73,7 +73,8 @@ class TestTorch:
             "step(x).backward()\n"
             "assert torch.isfinite(x.grad).all()\n"
         )
-        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+        # from another folder: the installed package (the source folder lacks softk.backends)
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert run.returncode == 0 and run.stderr == "", run.stderr[-2000:]
 
     def test_compile_with_graph_breaks(self):
