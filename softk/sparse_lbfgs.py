@@ -16,7 +16,7 @@ from array_api_compat import device
 
 from ._dispatch import while_loop
 
-__all__ = ["lbfgs", "MAX_HALVINGS", "STALLS", "PROGRESS"]
+__all__ = ["lbfgs", "backtrack", "pick", "MAX_HALVINGS", "STALLS", "PROGRESS"]
 
 MAX_HALVINGS = 20
 STALLS = 3  # steps in a row without progress after which Newton hands over to L-BFGS, and L-BFGS stops
@@ -69,22 +69,7 @@ def lbfgs(xp: Any, at: Any, error: Any, it: Any, x: Any, current: tuple, tol: fl
         slope = dot(grad, d)
         floor = f0 - slack * (xp.abs(f0) + 1.0)
 
-        def lcond(ls: tuple) -> Any:
-            j, _, ok, _ = ls
-            return xp.logical_and(j < MAX_HALVINGS, xp.logical_not(xp.all(ok)))
-
-        def lbody(ls: tuple) -> tuple:
-            j, t, ok, found = ls
-            t = xp.where(ok, t, 0.5 * t)
-            new = at(x + t[..., None] * d)
-            fresh = xp.logical_and(xp.logical_not(ok), new[0] >= floor + 1e-4 * t * slope)
-            return j + 1, t, xp.logical_or(ok, fresh), _pick(xp, fresh, new, found)
-
-        new = at(x + d)
-        ok = xp.logical_and(xp.logical_not(finished), new[0] >= floor + 1e-4 * slope)
-        found = _pick(xp, ok, new, current)
-        _, t, ok, found = while_loop(xp, lcond, lbody, (xp.asarray(1, device=dev), xp.ones_like(f0), xp.logical_or(ok, finished), found))
-        t = xp.where(xp.logical_and(ok, xp.logical_not(finished)), t, xp.zeros_like(t))
+        t, found = backtrack(xp, at, x, d, current, finished, slope, floor)
         step = t[..., None] * d
         rate = DECAY * rate + (1.0 - DECAY) * (found[0] - f0)  # recent ascent per step, smoothed
         flat = rate <= PROGRESS * (xp.abs(f0) + slack)
@@ -105,7 +90,33 @@ PROGRESS = 1e-5  # L-BFGS: ascent per step (smoothed) below this, relative, is n
 DECAY = 0.7  # smoothing of the ascent per step (an exponential moving average)
 
 
-def _pick(xp: Any, flag: Any, new: tuple, old: tuple) -> tuple:
+def backtrack(xp: Any, at: Any, x: Any, d: Any, current: tuple, finished: Any, slope: Any, floor: Any) -> tuple[Any, tuple]:
+    """Armijo backtracking along ``d`` from ``x`` (``current = at(x)``): the first of ``t = 1, 1/2,
+    ...`` (at most ``MAX_HALVINGS`` halvings) with ``at(x + t d)[0] >= floor + 1e-4 t slope``, per
+    batch entry; ``(t, at(x + t d))``, with ``t = 0`` and ``current`` where none is found or the entry
+    is ``finished``."""
+
+    def cond(ls: tuple) -> Any:
+        j, _, ok, _ = ls
+        return xp.logical_and(j < MAX_HALVINGS, xp.logical_not(xp.all(ok)))
+
+    def body(ls: tuple) -> tuple:
+        j, t, ok, found = ls
+        t = xp.where(ok, t, 0.5 * t)
+        new = at(x + t[..., None] * d)
+        fresh = xp.logical_and(xp.logical_not(ok), new[0] >= floor + 1e-4 * t * slope)
+        return j + 1, t, xp.logical_or(ok, fresh), pick(xp, fresh, new, found)
+
+    new = at(x + d)
+    ok = xp.logical_and(xp.logical_not(finished), new[0] >= floor + 1e-4 * slope)
+    found = pick(xp, ok, new, current)
+    start = (xp.asarray(1, device=device(x)), xp.ones_like(current[0]), xp.logical_or(ok, finished), found)
+    _, t, ok, found = while_loop(xp, cond, body, start)
+    return xp.where(xp.logical_and(ok, xp.logical_not(finished)), t, xp.zeros_like(t)), found
+
+
+def pick(xp: Any, flag: Any, new: tuple, old: tuple) -> tuple:
+    """``new`` where ``flag`` (per batch entry), else ``old``, item by item."""
     return tuple(xp.where(xp.reshape(flag, flag.shape + (1,) * (u.ndim - flag.ndim)), u, v) for u, v in zip(new, old))
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from array_api_compat import device
 
 from ._dispatch import while_loop
-from .sparse_lbfgs import MAX_HALVINGS, PROGRESS, STALLS, lbfgs
+from .sparse_lbfgs import PROGRESS, STALLS, backtrack, lbfgs
 from .sparse_projection import simplex_on_sorted, top_indices
 
 __all__ = ["Support", "SparseSolution", "solve", "evaluate"]
@@ -205,9 +205,6 @@ def solve(xp: Any, ct: Any, a: Any, b: Any, *, k: int, gamma: float, dual: bool,
     def error(grad: Any) -> Any:
         return xp.max(xp.abs(grad) / marg, axis=-1)
 
-    def pick(flag: Any, new: tuple, old: tuple) -> tuple:
-        return tuple(xp.where(xp.reshape(flag, flag.shape + (1,) * (u.ndim - flag.ndim)), u, v) for u, v in zip(new, old))
-
     def newton_step(x: Any, current: tuple, stalls: Any) -> tuple:
         f0, grad, _, idx, weight = current
         err = error(grad)
@@ -220,30 +217,14 @@ def solve(xp: Any, ct: Any, a: Any, b: Any, *, k: int, gamma: float, dual: bool,
         slope = xp.sum(grad * d, axis=-1)
         floor = f0 - slack * (xp.abs(f0) + 1.0)
 
-        def cond(state: tuple) -> Any:
-            j, _, ok, _ = state
-            return xp.logical_and(j < MAX_HALVINGS, xp.logical_not(xp.all(ok)))
-
-        def body(state: tuple) -> tuple:
-            j, t, ok, found = state
-            t = xp.where(ok, t, 0.5 * t)
-            new = at(x + t[..., None] * d)
-            fresh = xp.logical_and(xp.logical_not(ok), new[0] >= floor + 1e-4 * t * slope)
-            return j + 1, t, xp.logical_or(ok, fresh), pick(fresh, new, found)
-
-        t = xp.ones(batch, dtype=dtype, device=dev)
-        new = at(x + d)
-        ok = xp.logical_and(xp.logical_not(finished), new[0] >= floor + 1e-4 * slope)
-        found = pick(ok, new, current)
-        ok = xp.logical_or(ok, finished)
-        _, t, ok, found = while_loop(xp, cond, body, (xp.asarray(1, device=dev), t, ok, found))
+        t, found = backtrack(xp, at, x, d, current, finished, slope, floor)
         # slow (L-BFGS takes over): the marginal error did not drop by 1%, or it dropped by less than
         # half for a rise of the objective below PROGRESS (a kink or a long combinatorial phase)
         new_err = error(found[1])
         creeping = xp.logical_and(new_err >= 0.5 * err, found[0] - f0 <= PROGRESS * (xp.abs(f0) + slack))
         flat = xp.logical_or(new_err >= 0.99 * err, creeping)
         stalls = xp.where(flat, stalls + 1, xp.zeros_like(stalls))
-        return x + xp.where(ok, t, xp.zeros_like(t))[..., None] * d, found, stalls
+        return x + t[..., None] * d, found, stalls
 
     def stopped(err: Any, stalls: Any) -> Any:
         return xp.logical_or(err <= tol, stalls >= STALLS)
