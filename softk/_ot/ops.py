@@ -31,6 +31,7 @@ from typing import Any
 
 from array_api_compat import device
 
+from .._dispatch import while_loop
 from .._op import CoreOp
 from .._warnings import warn_if_not_converged
 from .blocks import PlanBlocks, plan_products, value_vjp
@@ -52,6 +53,9 @@ __all__ = ["POTENTIALS", "VALUE_AT", "PLAN_AT", "APPLY_AT", "COST", "PLAN", "APP
 # zero-filled array would make autograd run POTENTIALS' backward, whose zero gradient for the
 # cost (n x m) is then added to the real one: two more n x m arrays at the backward's peak.
 NO_GRADIENT = None
+
+
+WARM_BUDGET = 500  # iterations the divergence's warm-started cross solve gets before the epsilon schedule takes over
 
 
 def problem(xp: Any, arrays: tuple, names: tuple, online: bool = False) -> tuple[Any, Any, Any, dict]:
@@ -114,7 +118,7 @@ def _unbroadcast(xp: Any, grad: Any, shape: tuple) -> Any:
     return xp.sum(grad, axis=axes, keepdims=True) if axes else grad
 
 
-def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling, online, method="sinkhorn", has_init=False, what="sinkhorn", **_):
+def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling, online, method="sinkhorn", has_init=False, what="sinkhorn", warn=True, **_):
     """Solve; return ``((f, g, error, n_iter), (f, g))`` with ``error`` measured on the plan of the
     returned ``f, g`` (:func:`measured_error`) and the potentials in the gauge ``<f, a> = <g, b>``."""
     init = None
@@ -138,7 +142,8 @@ def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling
     if method != "newton" and not online and needs_finish(xp, error, tol, n_iter, max_iter):
         f, g, n_iter = finish_log_domain(xp, cost, log_a, log_b, epsilon, f, g, n_iter, tol=tol, max_iter=max_iter, check_every=check_every)
         error = measured_error(xp, arrays, names, f, g, epsilon)
-    warn_if_not_converged(xp, error <= tol, what, error=error, tol=tol, rounding=rounding_floor(xp, f, g, epsilon))
+    if warn:
+        warn_if_not_converged(xp, error <= tol, what, error=error, tol=tol, rounding=rounding_floor(xp, f, g, epsilon))
     # the residuals are copies: an autograd Function must not save its own outputs as constants
     return (f, g, error, xp.astype(n_iter, xp.int64 if _has_int64(xp) else xp.int32)), (xp.asarray(f, copy=True), xp.asarray(g, copy=True))
 
@@ -316,7 +321,8 @@ def _self_problem(xp, d: dict, cloud: str, weight: str) -> tuple[tuple, tuple]:
 
 def _divergence(xp, *arrays, names, **params):
     """``S = W(x, y) - (W(x, x) + W(y, y)) / 2``: two symmetric solves, whose potentials
-    warm-start the cross term; residuals: the three solves' ``concat(f, g)``."""
+    warm-start the cross term (for at most ``WARM_BUDGET`` iterations, then the epsilon
+    schedule from zero); residuals: the three solves' ``concat(f, g)``."""
     d = dict(zip(names, arrays))
     fgs, values = [], []
     for cloud, weight in (("x", "a"), ("y", "b")):
@@ -326,7 +332,16 @@ def _divergence(xp, *arrays, names, **params):
         values.append(_value_at(xp, *self_arrays, fgs[-1], names=self_names)[0])
     f, g = fgs[0][..., : d["x"].shape[-2]], fgs[1][..., : d["y"].shape[-2]]
     f, g = balanced(xp, f, g)  # two problems' potentials, levelled into one warm start
-    (f, g, _, _), _ = _potentials(xp, *arrays, f, g, names=names, **{**params, "scaling": False}, has_init=True, what="sinkhorn_divergence")
+    # a warm start that stalls (separated clouds at a small epsilon: plain iterations contract too
+    # slowly) gives way, after WARM_BUDGET iterations, to the epsilon schedule from zero
+    warm = {**params, "scaling": False, "max_iter": min(params["max_iter"], WARM_BUDGET)}
+    (f, g, error, _), _ = _potentials(xp, *arrays, f, g, names=names, **warm, has_init=True, warn=False)
+
+    def from_zero(state: tuple) -> tuple:
+        (f, g, _, _), _ = _potentials(xp, *arrays, names=names, **params, what="sinkhorn_divergence")
+        return xp.ones_like(state[0]), f, g
+
+    _, f, g = while_loop(xp, lambda state: xp.logical_not(state[0]), from_zero, (error <= params["tol"], f, g))  # once at most
     fg = xp.concat([f, g], axis=-1)
     cross = _value_at(xp, *arrays, fg, names=names)[0]
     return cross - 0.5 * (values[0] + values[1]), (fg, *fgs)
