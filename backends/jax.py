@@ -22,10 +22,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from softk._op import PYTREES
 
-__all__ = ["apply", "while_loop", "values_known", "on_false", "top_values"]
+__all__ = ["apply", "while_loop", "values_known", "on_false", "top_values", "host_call"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -107,6 +108,22 @@ def on_false(flag: jax.Array, action: Callable[[], None]) -> None:
             action()
 
     jax.debug.callback(callback, flag)
+
+
+def host_call(fn: Callable[..., tuple], outputs: tuple, *arrays: jax.Array) -> tuple:
+    """``fn`` on NumPy copies of the arrays' values through ``jax.pure_callback`` (see
+    :func:`softk._dispatch.host_call`), eager or traced: on the CPU host, so a
+    device-to-host transfer and back on an accelerator. The inputs pass
+    ``stop_gradient`` (the outputs are constants to autodiff); under ``vmap``
+    ``fn`` runs once per batch entry (``sequential``), as for unbatched calls."""
+    specs = tuple(jax.ShapeDtypeStruct(tuple(shape), dtype) for shape, dtype in outputs)
+
+    def host(*values: Any) -> tuple:
+        out = fn(*(np.asarray(v) for v in values))
+        return tuple(np.asarray(o, dtype=spec.dtype) for o, spec in zip(out, specs))
+
+    arrays = tuple(jax.lax.stop_gradient(x) for x in arrays)
+    return tuple(jax.pure_callback(host, specs, *arrays, vmap_method="sequential"))
 
 
 def top_values(x: jax.Array, k: int, *, largest: bool) -> jax.Array:

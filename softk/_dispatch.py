@@ -19,7 +19,7 @@ import array_api_compat as compat
 
 State = TypeVar("State")
 
-__all__ = ["glue_for", "while_loop", "values_known", "preload"]
+__all__ = ["glue_for", "while_loop", "values_known", "host_call", "preload"]
 
 
 def _glue_name(xp: Any) -> str:
@@ -115,3 +115,21 @@ def while_loop(
 def values_known(xp: Any, x: Any) -> bool:
     """Whether the values of ``x`` can be read now (False under ``jit`` tracing)."""
     return glue_for(xp).values_known(x)
+
+
+def host_call(xp: Any, fn: Callable[..., tuple], outputs: tuple[tuple[tuple[int, ...], Any], ...], *arrays: Any) -> tuple | None:
+    """``fn(*arrays)`` run on the host, on the arrays' values; None where it cannot run now.
+
+    ``fn`` is array-API code that reads values (a graph algorithm on host lists)
+    and returns a tuple of arrays with the ``(shape, dtype)`` of ``outputs``; its
+    outputs are constants to autodiff. Libraries whose values can be read (NumPy,
+    PyTorch, CuPy, array-api-strict) call it directly; under JAX (eager, ``jit``,
+    ``vmap``, ``grad``) the glue runs it through ``jax.pure_callback`` on NumPy
+    copies (a device-to-host transfer on an accelerator); where the values are
+    unknown and the library has no callback (``torch.compile``) it returns None.
+    """
+    glue = glue_for(xp)
+    call = getattr(glue, "host_call", None)
+    if call is not None:
+        return call(fn, outputs, *arrays)
+    return fn(*arrays) if all(glue.values_known(x) for x in arrays) else None

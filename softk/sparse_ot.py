@@ -32,18 +32,19 @@ differentiation on the plan's support for the plan.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from array_api_compat import device
+from array_api_compat import array_namespace, device
 
-from ._dispatch import glue_for, values_known
-from ._op import CoreOp, differentiable
+from ._dispatch import glue_for, host_call, values_known
+from ._op import CoreOp, differentiable, pytree
 from ._validate import check_choice, check_finite_values, check_int, check_positive_float, namespace_of
-from ._warnings import NotConvergedWarning, warn_if_not_converged
+from ._warnings import NotConvergedWarning
 from .sparse_newton import Support, evaluate, solve
-from .sparse_ops import FIXED_PLAN, FIXED_VALUE, PLAN_AT, VALUE_AT, dense, stop_gradient
+from .sparse_ops import FIXED_PLAN, FIXED_VALUE, dense, stop_gradient
 from .sparse_repair import repaired
 
 __all__ = ["sparse_ot", "SparseOTResult", "MarginalGapWarning", "sparse_ot_value", "sparse_ot_plan"]
@@ -52,9 +53,10 @@ FORMULATIONS = ("semi-dual", "dual")
 WARM_EPSILON = 1e-3  # entropic warm start, relative to the cost's range
 
 
+@pytree()
 @dataclass(frozen=True)
 class SparseOTResult:
-    """Result of :func:`sparse_ot`.
+    """Result of :func:`sparse_ot`; a pytree (``jax.jit``, ``jax.vmap`` return it as it is).
 
     Attributes
     ----------
@@ -102,7 +104,9 @@ def _solve(xp, cost, a, b, *, k, gamma, formulation, tol, max_iter):
     """Solve, and pack ``(alpha, beta, dual value, error, n_iter, converged, stationary)`` along the last axis."""
     ct = xp.matrix_transpose(cost)
     n = cost.shape[-2]
-    sol = solve(xp, ct, a, b, k=k, gamma=gamma, dual=formulation == "dual", tol=tol, max_iter=max_iter, start=_warm_start(xp, cost, a, b))
+    start = host_call(xp, _host_warm_start, (((*cost.shape[:-2], n), cost.dtype),), cost, a, b)
+    start = _warm_start(xp, cost, a, b) if start is None else start[0]
+    sol = solve(xp, ct, a, b, k=k, gamma=gamma, dual=formulation == "dual", tol=tol, max_iter=max_iter, start=start)
     beta = sol.beta if sol.beta is not None else _semidual_beta(xp, ct, sol.alpha, sol.mass, sol.idx, gamma)
     rows = Support(xp, sol.idx, n).rowsum(sol.mass)
     l1 = xp.sum(xp.abs(rows - a), axis=-1) + xp.sum(xp.abs(xp.sum(sol.mass, axis=-1) - b), axis=-1)
@@ -125,6 +129,12 @@ def _warm_start(xp, cost, a, b):
     return xp.where(xp.isfinite(f), f * span[..., 0], xp.zeros_like(f))  # any start is valid
 
 
+def _host_warm_start(cost, a, b):
+    """:func:`_warm_start` on the host (under JAX, NumPy's eager Sinkhorn solver): the same start,
+    and so the same ascent and plan, on every backend, traced or not."""
+    return (_warm_start(array_namespace(cost, a, b), cost, a, b),)
+
+
 def _semidual_beta(xp, ct, alpha, mass, idx, gamma):
     """``beta_j = mean over the support of (gamma P_ij - alpha_i + C_ij)`` (= ``-gamma b_j tau_j``)."""
     weight = xp.astype(mass > 0.0, mass.dtype)
@@ -135,61 +145,53 @@ def _semidual_beta(xp, ct, alpha, mass, idx, gamma):
 SOLVE = CoreOp("sparse_ot_solve", lambda xp, *arrays, **params: (_solve(xp, *arrays, **params), ()), stop_gradient)
 
 
-def _repair(xp, cost, a, b, packed, *, k, gamma, **_):
-    """``(mass, idx, duals)`` of the repaired plan where the dual readout misses ``tol`` and the
-    values can be read (eager); None otherwise."""
-    if not values_known(xp, packed) or bool(xp.reshape(packed[..., -2], (-1,))[0] > 0.5):
-        return None
-    return repaired(xp, cost, a, b, packed[..., : cost.shape[-2]], k, gamma)
+def _found(xp, cost, a, b, packed, *, k, gamma, formulation, **_):
+    """``(mass, idx, duals)`` of the returned plan: the dual readout (entries ``mass`` (..., m, k)
+    at rows ``idx``, ``duals = (alpha, beta)``), repaired on the host where it misses ``tol``."""
+    n, m = cost.shape[-2:]
+    gam = xp.full(cost.shape[:-2], gamma, dtype=cost.dtype, device=device(cost))
+    dual = formulation == "dual"
+    x = packed[..., : n + m] if dual else packed[..., :n]
+    _, _, mass, idx, _ = evaluate(xp, xp.matrix_transpose(cost), a, b, x, gam, k, dual)
+    read = (mass, idx, packed[..., : n + m])
+    found = host_call(xp, functools.partial(_repair_missed, k=k, gamma=gamma), tuple((r.shape, r.dtype) for r in read), cost, a, b, packed, *read)
+    return read if found is None else found  # None: no host call possible (torch.compile)
 
 
-def _solving(name: str, at: CoreOp, fixed: CoreOp) -> CoreOp:
-    """``at`` (or ``fixed``, on the repaired plan) with its own solve in front, for :func:`softk.vjp`
-    (one op, gradients for every array). The branch taken shows in the residuals' count."""
+def _repair_missed(cost, a, b, packed, *read, k, gamma):
+    """On the host: the readout ``read`` where the solve met ``tol``, else :func:`repaired`
+    (per batch entry: under ``vmap`` the flags are per entry)."""
+    xp = array_namespace(cost, packed)
+    met = packed[..., -2] > 0.5
+    if bool(xp.all(met)):
+        return read
+    fixed = repaired(xp, cost, a, b, packed[..., : cost.shape[-2]], k, gamma)
+    return tuple(xp.where(xp.reshape(met, (*met.shape, 1, 1)[: r.ndim]), r, f) for r, f in zip(read, fixed))
+
+
+def _solving(name: str, fixed: CoreOp) -> CoreOp:
+    """``fixed`` on the returned plan with the solve and repair in front, for :func:`softk.vjp`
+    (one op, gradients for every array)."""
 
     def forward(xp, cost, a, b, **params):
-        packed = _solve(xp, cost, a, b, **params)
-        found = _repair(xp, cost, a, b, packed, **params)
-        if found is not None:
-            _check_repair(xp, cost, a, b, found[0], found[1], params["tol"])
-            out, residuals = fixed.forward(xp, cost, a, b, *found, **params)
-            return out, (*found, *residuals)
-        _warn(xp, packed)
-        out, residuals = at.forward(xp, cost, a, b, packed, **params)
-        return out, (packed, *residuals)
+        found = _found(xp, cost, a, b, _solve(xp, cost, a, b, **params), **params)
+        _check(xp, cost, a, b, found[0], found[1], params["tol"])
+        out, residuals = fixed.forward(xp, cost, a, b, *found, **params)
+        return out, (*found, *residuals)
 
     def backward(xp, arrays, residuals, cotangent, **params):
-        if len(residuals) == 4:
-            return fixed.backward(xp, (*arrays, *residuals[:3]), residuals[3:], cotangent, **params)[:3]
-        return at.backward(xp, (*arrays, residuals[0]), residuals[1:], cotangent, **params)[:3]
+        return fixed.backward(xp, (*arrays, *residuals[:3]), residuals[3:], cotangent, **params)[:3]
 
     return CoreOp(name, forward, backward)
 
 
-VALUE = _solving("sparse_ot_value", VALUE_AT, FIXED_VALUE)
-PLAN = _solving("sparse_ot_plan", PLAN_AT, FIXED_PLAN)
+VALUE = _solving("sparse_ot_value", FIXED_VALUE)
+PLAN = _solving("sparse_ot_plan", FIXED_PLAN)
 
 
 class MarginalGapWarning(RuntimeWarning):
     """:func:`sparse_ot` returns a plan that violates the marginals (by ``error``): the repair
-    found no feasible plan with at most ``k`` nonzeros per column on its candidate graph, or
-    (under JAX tracing, no repair) the dual is maximised at a kink, where the cardinality
-    constraint binds, and the plan read off it misses the marginals."""
-
-
-def _warn(xp, packed):
-    converged, stationary = (xp.reshape(packed[..., i], (-1,))[0] > 0.5 for i in (-2, -1))
-    warn_if_not_converged(xp, stationary, "sparse_ot")
-    glue_for(xp).on_false(xp.logical_or(converged, xp.logical_not(stationary)), _gap)
-
-
-def _gap():
-    warnings.warn(
-        "sparse_ot: the dual is maximised at a kink (the k-nonzeros constraint binds), so the plan "
-        "violates the marginals; see result.error (raise k or lower gamma to close the gap)",
-        MarginalGapWarning,
-        stacklevel=3,
-    )
+    found no feasible plan with at most ``k`` nonzeros per column on its candidate graph."""
 
 
 def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, formulation: str = "semi-dual", tol: float | None = None, max_iter: int = 1000) -> SparseOTResult:
@@ -239,21 +241,14 @@ def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, 
     n, m = arrays[0].shape[-2:]
     scalars = xp.reshape(packed[..., n + m + 1 :], (-1, 4))[0, :]
     lower = packed[..., n + m]
-    found = _repair(xp, arrays[0], arrays[1], arrays[2], packed, **params)
-    if found is None:
-        _warn(xp, packed)
-        plan = PLAN_AT.bind(*arrays, packed, **params)
-        objective = VALUE_AT.bind(*arrays, packed, **params)
-        alpha, beta, error, converged = packed[..., :n], packed[..., n : n + m], scalars[0], scalars[2] > 0.5
-    else:
-        error, converged = _check_repair(xp, arrays[0], arrays[1], arrays[2], found[0], found[1], params["tol"])
-        plan = FIXED_PLAN.bind(*arrays, *found, **params)
-        objective = FIXED_VALUE.bind(*arrays, *found, **params)
-        alpha, beta = found[2][..., :n], found[2][..., n:]
+    found = _found(xp, arrays[0], arrays[1], arrays[2], packed, **params)
+    error, converged = _check(xp, arrays[0], arrays[1], arrays[2], found[0], found[1], params["tol"])
+    plan = FIXED_PLAN.bind(*arrays, *found, **params)
+    objective = FIXED_VALUE.bind(*arrays, *found, **params)
     return SparseOTResult(
         plan=plan,
-        alpha=alpha,
-        beta=beta,
+        alpha=found[2][..., :n],
+        beta=found[2][..., n:],
         objective=objective,
         dual_value=lower,
         gap=objective - lower,
@@ -263,20 +258,23 @@ def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, 
     )
 
 
-def _check_repair(xp, cost, a, b, mass, idx, tol):
-    """``(error, converged)`` of the repaired plan; a :class:`MarginalGapWarning` if it misses ``tol``."""
+def _check(xp, cost, a, b, mass, idx, tol):
+    """``(error, converged)`` of the returned plan; a :class:`MarginalGapWarning` if it misses ``tol``."""
     plan = dense(xp, mass, idx, cost.shape[-2])
     rows, cols = xp.sum(plan, axis=-1) - a, xp.sum(plan, axis=-2) - b
     l1 = xp.max(xp.reshape(xp.sum(xp.abs(rows), axis=-1) + xp.sum(xp.abs(cols), axis=-1), (-1,)))
-    worst = xp.maximum(xp.max(xp.abs(rows) / a), xp.max(xp.abs(cols) / b))
-    if not bool(worst <= tol):
-        warnings.warn(
-            "sparse_ot: the primal repair found no plan with at most k nonzeros per column that meets "
-            "the marginals on the candidate graph; the plan misses them by result.error",
-            MarginalGapWarning,
-            stacklevel=3,
-        )
-    return l1, worst <= tol
+    met = xp.maximum(xp.max(xp.abs(rows) / a), xp.max(xp.abs(cols) / b)) <= tol
+    glue_for(xp).on_false(met, _gap)
+    return l1, met
+
+
+def _gap():
+    warnings.warn(
+        "sparse_ot: the primal repair found no plan with at most k nonzeros per column that meets "
+        "the marginals on the candidate graph; the plan misses them by result.error",
+        MarginalGapWarning,
+        stacklevel=5,
+    )
 
 
 @differentiable(VALUE)
