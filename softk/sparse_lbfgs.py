@@ -98,7 +98,7 @@ def backtrack(xp: Any, at: Any, x: Any, d: Any, current: tuple, finished: Any, s
 
     def cond(ls: tuple) -> Any:
         j, _, ok, _ = ls
-        return xp.logical_and(j < MAX_HALVINGS, xp.logical_not(xp.all(ok)))
+        return xp.logical_and(j <= MAX_HALVINGS, xp.logical_not(xp.all(ok)))
 
     def body(ls: tuple) -> tuple:
         j, t, ok, found = ls
@@ -107,10 +107,8 @@ def backtrack(xp: Any, at: Any, x: Any, d: Any, current: tuple, finished: Any, s
         fresh = xp.logical_and(xp.logical_not(ok), new[0] >= floor + 1e-4 * t * slope)
         return j + 1, t, xp.logical_or(ok, fresh), pick(xp, fresh, new, found)
 
-    new = at(x + d)
-    ok = xp.logical_and(xp.logical_not(finished), new[0] >= floor + 1e-4 * slope)
-    found = pick(xp, ok, new, current)
-    start = (xp.asarray(1, device=device(x)), xp.ones_like(current[0]), xp.logical_or(ok, finished), found)
+    # one evaluation site (t = 1 is the first pass): the objective is traced once per line search
+    start = (xp.asarray(0, device=device(x)), xp.full_like(current[0], 2.0), finished, current)
     _, t, ok, found = while_loop(xp, cond, body, start)
     return xp.where(xp.logical_and(ok, xp.logical_not(finished)), t, xp.zeros_like(t)), found
 
