@@ -19,15 +19,23 @@ are concave (the duals of its convex relaxation). Three steps:
    ``[alpha + beta_j - C[:, j]]_+ / gamma`` (dual): at most ``k`` nonzeros per
    column exactly.
 3. Where that plan misses ``tol`` (the constraint binds: the dual's maximiser
-   is a kink) and the values can be read (eager, not traced by ``jax.jit``, ``jax.grad`` or ``jax.vmap``),
-   :mod:`softk.sparse_repair` moves mass on a candidate graph into a plan that
-   meets the marginals with at most ``k`` nonzeros per column; ``gap`` is its
-   objective minus ``dual_value``.
+   is a kink), :mod:`softk.sparse_repair` moves mass on a candidate graph into
+   a plan that meets the marginals with at most ``k`` nonzeros per column;
+   ``gap`` is the plan's objective minus ``dual_value``.
+
+The warm start and the repair read values, so they run on the host through
+:func:`softk._dispatch.host_call`: directly on NumPy, PyTorch, CuPy; under
+JAX (eager, ``jit``, ``vmap``, ``grad``) as a ``jax.pure_callback`` on NumPy
+copies (the warm start is NumPy's Sinkhorn then, so every backend takes the
+same steps; on an accelerator each callback is a device-to-host round trip).
+Only where the values cannot be read and there is no callback
+(``torch.compile``) is the plan the dual readout as it is.
 
 ``k = 1`` is unregularised OT where a one-sparse plan exists, ``k = n``
 quadratically regularised OT. Gradients (:mod:`softk.sparse_ops`) never go
-through the iterations: envelope theorem for the objective, implicit
-differentiation on the plan's support for the plan.
+through the iterations: those of the quadratic problem restricted to the
+returned plan's support (envelope theorem for the objective, implicit
+differentiation for the plan).
 """
 
 from __future__ import annotations
@@ -63,14 +71,13 @@ class SparseOTResult:
     plan : array (..., n, m)
         At most ``k`` nonzeros per column; differentiable in ``cost, a, b``.
     alpha, beta : arrays (..., n), (..., m)
-        Dual variables (no gradient); for the semi-dual ``beta`` is the equivalent dual variable.
-        For a repaired plan, those of the quadratic problem on its support
-        (``alpha_i + beta_j = C_ij + gamma P_ij`` along a spanning forest of it).
+        Dual variables (no gradient): those of the dual solve where its plan met ``tol``
+        (for the semi-dual ``beta`` is the equivalent dual variable); for a repaired plan,
+        those of the quadratic problem on its support (``alpha_i + beta_j = C_ij + gamma P_ij``
+        along a spanning forest of it).
     objective : array (...,)
-        Differentiable (``d objective / dC = plan``). The primal objective
-        ``<P, C> + (gamma / 2) ||P||^2`` of the repaired plan; where no repair ran (the
-        dual readout met ``tol``, or under JAX tracing), the (semi-)dual objective at the
-        solution, which equals the plan's primal objective when the marginals are met.
+        The primal objective ``<P, C> + (gamma / 2) ||P||^2`` of ``plan``; differentiable
+        (``d objective / dC = plan``, ``d / da = alpha``, ``d / db = beta``).
     dual_value : array (...,)
         The semi-dual at the returned ``alpha`` of the dual solve: a certified lower bound
         on the optimum of the (non-convex) problem, whatever the solver's progress.
@@ -83,10 +90,8 @@ class SparseOTResult:
         Newton and L-BFGS steps of the dual solve.
     converged : 0-d bool array
         Whether the returned plan meets the marginals to ``tol`` (relative, per entry).
-        If the repair finds no such plan, a :class:`MarginalGapWarning` says so. Under
-        JAX tracing (``jit``, ``grad``, ``vmap``: no repair) the plan is the dual readout: where it misses ``tol`` at a
-        kink, ``converged`` is False and a :class:`MarginalGapWarning` says so; running out
-        of ``max_iter`` there gives a :class:`softk.NotConvergedWarning`.
+        If the repair finds no such plan, a :class:`MarginalGapWarning` says so (at run
+        time under ``jax.jit``).
     """
 
     plan: Any
@@ -159,14 +164,12 @@ def _found(xp, cost, a, b, packed, *, k, gamma, formulation, **_):
 
 
 def _repair_missed(cost, a, b, packed, *read, k, gamma):
-    """On the host: the readout ``read`` where the solve met ``tol``, else :func:`repaired`
-    (per batch entry: under ``vmap`` the flags are per entry)."""
+    """On the host: the readout ``read`` where the solve met ``tol`` (a flag for the whole batch),
+    else :func:`repaired`."""
     xp = array_namespace(cost, packed)
-    met = packed[..., -2] > 0.5
-    if bool(xp.all(met)):
+    if bool(xp.reshape(packed[..., -2], (-1,))[0] > 0.5):
         return read
-    fixed = repaired(xp, cost, a, b, packed[..., : cost.shape[-2]], k, gamma)
-    return tuple(xp.where(xp.reshape(met, (*met.shape, 1, 1)[: r.ndim]), r, f) for r, f in zip(read, fixed))
+    return repaired(xp, cost, a, b, packed[..., : cost.shape[-2]], k, gamma)
 
 
 def _solving(name: str, fixed: CoreOp) -> CoreOp:
@@ -220,7 +223,7 @@ def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, 
         default 1e-9 in float64, 1e-4 in float32.
     max_iter : int
         Steps of the dual solve (it stops earlier once its ascent stalls); the repair
-        makes the plan feasible wherever they stop (eager).
+        makes the plan feasible wherever they stop.
 
     Returns
     -------

@@ -22,8 +22,9 @@ column to its ``k + 2`` best rows under ``alpha``) until the rows are met too:
   to its support.
 
 This is a small graph algorithm on O(k m) edges, run on host lists per batch
-entry (eager only; :func:`softk.sparse_ot.sparse_ot` keeps the dual readout
-under JAX tracing). :func:`tree_duals` gives dual variables of the repaired
+entry (:func:`softk.sparse_ot.sparse_ot` calls it through
+:func:`softk._dispatch.host_call`: a ``jax.pure_callback`` under JAX, so it
+runs under ``jit``, ``vmap`` and ``grad`` too). :func:`tree_duals` gives dual variables of the repaired
 plan on its support (``alpha_i + beta_j = C_ij + gamma P_ij`` along a spanning
 forest of it, and after the polish on every entry), used for the gradients in
 the weights.
