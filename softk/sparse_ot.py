@@ -106,20 +106,23 @@ class SparseOTResult:
 
 
 def _solve(xp, cost, a, b, *, k, gamma, formulation, tol, max_iter):
-    """Solve, and pack ``(alpha, beta, dual value, error, n_iter, converged, stationary)`` along the last axis."""
+    """Solve; ``(packed, mass, idx)``: ``packed`` holds ``alpha, beta``, the dual value, ``n_iter``
+    and whether the plan met ``tol`` along the last axis; the plan read off the solution has
+    entries ``mass`` (..., m, k) at rows ``idx``."""
     ct = xp.matrix_transpose(cost)
     n = cost.shape[-2]
+    dual = formulation == "dual"
     start = host_call(xp, _host_warm_start, (((*cost.shape[:-2], n), cost.dtype),), cost, a, b)
     start = _warm_start(xp, cost, a, b) if start is None else start[0]
-    sol = solve(xp, ct, a, b, k=k, gamma=gamma, dual=formulation == "dual", tol=tol, max_iter=max_iter, start=start)
-    beta = sol.beta if sol.beta is not None else _semidual_beta(xp, ct, sol.alpha, sol.mass, sol.idx, gamma)
-    rows = Support(xp, sol.idx, n).rowsum(sol.mass)
-    l1 = xp.sum(xp.abs(rows - a), axis=-1) + xp.sum(xp.abs(xp.sum(sol.mass, axis=-1) - b), axis=-1)
-    flags = [xp.max(xp.reshape(l1, (-1,))), sol.n_iter, sol.converged, sol.stationary]
-    extra = xp.broadcast_to(xp.stack([xp.astype(f, cost.dtype) for f in flags]), (*cost.shape[:-2], 4))
-    gam = xp.full(cost.shape[:-2], gamma, dtype=cost.dtype, device=device(cost))
-    lower = evaluate(xp, ct, a, b, sol.alpha, gam, k, False)[0]  # the semi-dual at any alpha bounds the primal below
-    return xp.concat([sol.alpha, beta, lower[..., None], extra], axis=-1)
+    sol = solve(xp, ct, a, b, k=k, gamma=gamma, dual=dual, tol=tol, max_iter=max_iter, start=start)
+    beta = sol.beta if dual else _semidual_beta(xp, ct, sol.alpha, sol.mass, sol.idx, gamma)
+    flags = xp.stack([xp.astype(f, cost.dtype) for f in (sol.n_iter, sol.converged)])
+    lower = sol.objective  # the semi-dual at any alpha bounds the primal below
+    if dual:
+        gam = xp.full(cost.shape[:-2], gamma, dtype=cost.dtype, device=device(cost))
+        lower = evaluate(xp, ct, a, b, sol.alpha, gam, k, False)[0]
+    packed = xp.concat([sol.alpha, beta, lower[..., None], xp.broadcast_to(flags, (*cost.shape[:-2], 2))], axis=-1)
+    return packed, sol.mass, sol.idx
 
 
 def _warm_start(xp, cost, a, b):
@@ -147,18 +150,14 @@ def _semidual_beta(xp, ct, alpha, mass, idx, gamma):
     return xp.sum(weight * gap, axis=-1) / xp.maximum(xp.sum(weight, axis=-1), xp.ones_like(gap[..., 0]))
 
 
-SOLVE = CoreOp("sparse_ot_solve", lambda xp, *arrays, **params: (_solve(xp, *arrays, **params), ()), stop_gradient)
+SOLVE = CoreOp("sparse_ot_solve", lambda xp, *arrays, **params: (_solve(xp, *arrays, **params), ()), stop_gradient, n_out=3)
 
 
-def _found(xp, cost, a, b, packed, *, k, gamma, formulation, **_):
-    """``(mass, idx, duals)`` of the returned plan: the dual readout (entries ``mass`` (..., m, k)
-    at rows ``idx``, ``duals = (alpha, beta)``), repaired on the host where it misses ``tol``."""
-    n, m = cost.shape[-2:]
-    gam = xp.full(cost.shape[:-2], gamma, dtype=cost.dtype, device=device(cost))
-    dual = formulation == "dual"
-    x = packed[..., : n + m] if dual else packed[..., :n]
-    _, _, mass, idx, _ = evaluate(xp, xp.matrix_transpose(cost), a, b, x, gam, k, dual)
-    read = (mass, idx, packed[..., : n + m])
+def _found(xp, cost, a, b, solved, *, k, gamma, **_):
+    """``(mass, idx, duals)`` of the returned plan: the readout of the dual solve ``solved``
+    (:func:`_solve`; ``duals = (alpha, beta)``), repaired on the host where it misses ``tol``."""
+    packed, mass, idx = solved
+    read = (mass, idx, packed[..., : sum(cost.shape[-2:])])
     found = host_call(xp, functools.partial(_repair_missed, k=k, gamma=gamma), tuple((r.shape, r.dtype) for r in read), cost, a, b, packed, *read)
     return read if found is None else found  # None: no host call possible (torch.compile)
 
@@ -167,7 +166,7 @@ def _repair_missed(cost, a, b, packed, *read, k, gamma):
     """On the host: the readout ``read`` where the solve met ``tol`` (a flag for the whole batch),
     else :func:`repaired`."""
     xp = array_namespace(cost, packed)
-    if bool(xp.reshape(packed[..., -2], (-1,))[0] > 0.5):
+    if bool(xp.reshape(packed[..., -1], (-1,))[0] > 0.5):
         return read
     return repaired(xp, cost, a, b, packed[..., : cost.shape[-2]], k, gamma)
 
@@ -240,11 +239,10 @@ def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, 
     """
     arrays, params = _prepare(cost, a, b, k, gamma, formulation, tol, max_iter)
     xp = namespace_of(cost=arrays[0])
-    packed = SOLVE.bind(*arrays, **params)
+    solved = SOLVE.bind(*arrays, **params)
     n, m = arrays[0].shape[-2:]
-    scalars = xp.reshape(packed[..., n + m + 1 :], (-1, 4))[0, :]
-    lower = packed[..., n + m]
-    found = _found(xp, arrays[0], arrays[1], arrays[2], packed, **params)
+    lower = solved[0][..., n + m]
+    found = _found(xp, arrays[0], arrays[1], arrays[2], solved, **params)
     error, converged = _check(xp, arrays[0], arrays[1], arrays[2], found[0], found[1], params["tol"])
     plan = FIXED_PLAN.bind(*arrays, *found, **params)
     objective = FIXED_VALUE.bind(*arrays, *found, **params)
@@ -256,7 +254,7 @@ def sparse_ot(cost: Any, a: Any = None, b: Any = None, *, k: int, gamma: float, 
         dual_value=lower,
         gap=objective - lower,
         error=error,
-        n_iter=xp.astype(scalars[1], xp.int64),
+        n_iter=xp.astype(xp.reshape(solved[0][..., n + m + 1], (-1,))[0], xp.int64),
         converged=converged,
     )
 
