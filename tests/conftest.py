@@ -8,14 +8,25 @@ where the library has none, so the tests exercise each registration path.
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pytest
+# One thread per framework in each pytest worker: the frameworks' own thread pools on top of
+# ``pytest -n auto`` oversubscribe the cores (a PyTorch training test ran 20x slower on two busy
+# cores). Set before NumPy, PyTorch or JAX start their pools; a caller's own setting wins.
+for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+if "torch" in sys.modules:  # imported already (by a plugin): its pool has started
+    sys.modules["torch"].set_num_threads(1)
 
-import softk
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import softk  # noqa: E402
 
 BACKENDS = ["numpy", "torch", "jax", "array_api_strict", "cupy"]
 
