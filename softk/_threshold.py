@@ -136,12 +136,13 @@ def soft_select(
     clip, window = 0.38 * log_normal, 0.11 * log_normal  # U + T < L / 2, U - 0.9 T > L / 4 (module docstring)
     atol = 4.0 * finfo.eps * k * math.log2(n + 1)
     step_tol = 8.0 * finfo.eps
-    if weights is None:
-        count = min(n, k + 1 + CANDIDATES)
-        best, top_index = top_values(xp, x, count, largest=largest)
+    count = min(n, k + 1 + CANDIDATES)  # the best entries of the reduced starting problem
+    reduced = weights is None and n >= max(4 * count, REDUCED_MIN)
+    if weights is None:  # the partial sort: the k + 1 best (the centre), the count best if reduced
+        best, top_index = top_values(xp, x, count if reduced else k + 1, largest=largest)
         centre = 0.5 * (best[..., k - 1 : k] + best[..., k : k + 1])
     else:
-        count, top_index = n, None
+        top_index = None
     slope = -scale if largest else scale
     zero = xp.zeros_like(centre)
     dev = _dev(x)
@@ -222,7 +223,7 @@ def soft_select(
     # sits about log(n / k) from the midpoint, past the window at large n / k).
     # Small rows start from the midpoint instead, with unrolled steps (per-call overhead rules there).
     reduced_iter, unrolled = xp.asarray(0, device=dev), UNROLLED
-    if n >= max(4 * count, REDUCED_MIN):
+    if reduced:
         unrolled = 0
         sample = x[..., ::STRIDE]
         beyond = best[..., count - 1 : count]
