@@ -26,7 +26,7 @@ import torch.utils._pytree as torch_pytree
 
 from softk._op import PYTREES
 
-__all__ = ["apply", "while_loop", "values_known", "on_false", "accepts_out"]
+__all__ = ["apply", "while_loop", "values_known", "on_false", "accepts_out", "host_call"]
 
 
 class _TracedFunction(torch.autograd.Function):
@@ -67,6 +67,7 @@ class _CoreFunction(_TracedFunction):
     """:class:`_TracedFunction` with forward mode (``jvp``) and a ``torch.func.vmap`` rule."""
 
     @classmethod
+    @torch.compiler.disable  # eager only (compiled code uses _TracedFunction): Dynamo must not trace it
     def apply(cls, *args: Any) -> Any:
         """``Function.apply`` without its ``inspect.signature`` bind of default arguments on every
         call (~25 us, a sixth of a small call; ``forward`` has none) outside ``torch.func`` transforms."""
@@ -185,6 +186,12 @@ def while_loop(cond: Callable, body: Callable, state: Any, traceable: bool = Fal
     while bool(cond(state)):
         state = body(state)
     return state
+
+
+@torch.compiler.disable  # under torch.compile: a graph break, the host code runs on real tensors
+def host_call(fn: Callable[..., tuple], outputs: tuple, *arrays: torch.Tensor) -> tuple:
+    """``fn(*arrays)`` eagerly (see :func:`softk._dispatch.host_call`); ``fullgraph=True`` refuses it."""
+    return fn(*arrays)
 
 
 def values_known(x: Any) -> bool:

@@ -125,8 +125,9 @@ def host_call(xp: Any, fn: Callable[..., tuple], outputs: tuple[tuple[tuple[int,
     outputs are constants to autodiff. Libraries whose values can be read (NumPy,
     PyTorch, CuPy, array-api-strict) call it directly; under JAX (eager, ``jit``,
     ``vmap``, ``grad``) the glue runs it through ``jax.pure_callback`` on NumPy
-    copies (a device-to-host transfer on an accelerator); where the values are
-    unknown and the library has no callback (``torch.compile``) it returns None.
+    copies (a device-to-host transfer on an accelerator), and PyTorch's glue as a
+    graph break under ``torch.compile``; where the values are unknown and the
+    glue has no ``host_call`` it returns None.
     """
     glue = glue_for(xp)
     call = getattr(glue, "host_call", None)

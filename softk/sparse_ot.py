@@ -27,9 +27,10 @@ The warm start and the repair read values, so they run on the host through
 :func:`softk._dispatch.host_call`: directly on NumPy, PyTorch, CuPy; under
 JAX (eager, ``jit``, ``vmap``, ``grad``) as a ``jax.pure_callback`` on NumPy
 copies (the warm start is NumPy's Sinkhorn then, so every backend takes the
-same steps; on an accelerator each callback is a device-to-host round trip).
-Only where the values cannot be read and there is no callback
-(``torch.compile``) is the plan the dual readout as it is.
+same steps; on an accelerator each callback is a device-to-host round trip);
+under ``torch.compile`` as a graph break (``fullgraph=True`` refuses it).
+Only where the values cannot be read and there is no host call is the plan
+the dual readout as it is.
 
 ``k = 1`` is unregularised OT where a one-sparse plan exists, ``k = n``
 quadratically regularised OT. Gradients (:mod:`softk.sparse_ops`) never go
@@ -159,7 +160,7 @@ def _found(xp, cost, a, b, solved, *, k, gamma, **_):
     packed, mass, idx = solved
     read = (mass, idx, packed[..., : sum(cost.shape[-2:])])
     found = host_call(xp, functools.partial(_repair_missed, k=k, gamma=gamma), tuple((r.shape, r.dtype) for r in read), cost, a, b, packed, *read)
-    return read if found is None else found  # None: no host call possible (torch.compile)
+    return read if found is None else found  # None: no host call possible
 
 
 def _repair_missed(cost, a, b, packed, *read, k, gamma):

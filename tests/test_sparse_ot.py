@@ -261,6 +261,24 @@ def test_jax_jit_vmap_grad_like_numpy(rng):
     np.testing.assert_allclose(value_grad, pullback(np.ones(()))[0], atol=1e-10)
 
 
+def test_torch_compile_runs_the_repair_like_eager(rng):
+    """Under ``torch.compile`` the host code (warm start, repair) runs at a graph break: the
+    repaired plan, objective and gradient equal eager mode's where the constraint binds."""
+    torch = pytest.importorskip("torch")
+    c = torch.asarray(_cost(rng, 10, 12))
+    ref = sparse_ot(c, k=2, gamma=0.5)
+    assert float(ref.error) < 1e-12
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # dynamo's graph-break notes
+        out = torch.compile(lambda c: sparse_ot(c, k=2, gamma=0.5), backend="aot_eager")(c)
+        leaf = c.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(torch.compile(lambda c: sparse_ot_value(c, k=2, gamma=0.5), backend="aot_eager")(leaf), leaf)
+    assert bool(out.converged) and float(out.error) < 1e-12
+    torch.testing.assert_close(out.plan, ref.plan, rtol=0, atol=1e-14)
+    torch.testing.assert_close(out.objective, ref.objective)
+    torch.testing.assert_close(grad, ref.plan, rtol=0, atol=1e-14)  # dF/dC = P
+
+
 def test_float32(backend, rng):
     _no_jax(backend)
     r = sparse_ot(backend.asarray(_cost(rng), "float32"), k=3, gamma=0.05)
