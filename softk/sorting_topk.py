@@ -230,6 +230,6 @@ def soft_topk_sorted(
     if values_known(xp, x) and x.size:
         # the anchor cost squares the scores: refuse what would overflow rather than return NaN
         limit = math.sqrt(float(xp.finfo(x.dtype).max)) / (4.0 * (k + 1))
-        if float(xp.max(xp.abs(x))) > limit:
+        if bool(xp.max(xp.abs(x)) > limit):  # a comparison: no autograd-tracked scalar to read
             raise ValueError(f"x has entries beyond {limit:.3g}, whose squares overflow {x.dtype} in the anchor cost: rescale x")
     return (x,), params

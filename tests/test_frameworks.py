@@ -74,6 +74,15 @@ class TestTorch:
             out = compiled(self.x())
         torch.testing.assert_close(out, softk.soft_sort(self.x(), epsilon=0.1))
 
+    def test_inputs_requiring_grad_raise_no_warning(self):
+        """Argument checks read values without converting autograd-tracked tensors to Python
+        scalars (PyTorch warns about that)."""
+        x = self.x().requires_grad_(True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for op in (lambda x: softk.soft_topk(x, 2), lambda x: softk.soft_topk_sorted(x, 2), softk.soft_sort):
+                op(x).sum().backward()
+
     @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
     def test_half_precision_inputs_are_computed_in_float32(self, dtype):
         torch = self.torch
