@@ -245,3 +245,18 @@ def test_sorted_topk_refuses_scores_whose_squares_overflow(backend, dtype, scale
     x = backend.asarray(np.array([1.0, 2.0, 3.0, 0.5]) * scale, dtype)
     with pytest.raises(ValueError, match="overflow"):
         softk.soft_topk_sorted(x, 2)
+
+
+def test_float32_solve_below_the_rounding_floor_keeps_its_plan():
+    """Regression: where float32's rounding of cost / epsilon (about 2e-3 here) is above ``tol``,
+    the solver's plan (error ~2e-4) was thrown away for a log-domain restart from zero that ran
+    out of iterations at error 0.28. Now the plan is kept, the error reported is the returned
+    plan's, and the warning names the rounding."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 2)), 3 * rng.normal(size=(80, 2))
+    cost = (((x[:, None] - y[None]) ** 2).sum(-1)).astype(np.float32)
+    with pytest.warns(softk.NotConvergedWarning, match="rounding"):
+        r = softk.sinkhorn(cost, epsilon=1e-2, max_iter=1000)
+    recomputed = np.abs(r.plan.sum(1) - 1 / 60).sum() + np.abs(r.plan.sum(0) - 1 / 80).sum()
+    assert float(r.error) < 1e-3 and int(r.n_iter) < 1000
+    np.testing.assert_allclose(float(r.error), recomputed, rtol=1e-3)

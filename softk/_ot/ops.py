@@ -139,7 +139,7 @@ def _potentials(xp, *arrays, names, epsilon, tol, max_iter, check_every, scaling
         r = solve(xp, cost, log_a, log_b, epsilon, **kw)
     (f, g), n_iter = balanced(xp, r.f, r.g, xp.exp(log_a), xp.exp(log_b)), r.n_iter
     error = measured_error(xp, arrays, names, f, g, epsilon)
-    if method != "newton" and not online and needs_finish(xp, error, tol, n_iter, max_iter):
+    if method != "newton" and not online and needs_finish(xp, error, tol, n_iter, max_iter, f, g, epsilon):
         f, g, n_iter = finish_log_domain(xp, cost, log_a, log_b, epsilon, f, g, n_iter, tol=tol, max_iter=max_iter, check_every=check_every)
         error = measured_error(xp, arrays, names, f, g, epsilon)
     if warn:

@@ -25,16 +25,23 @@ from .schedule import INNER_TOL
 __all__ = ["solved_plan", "needs_finish", "finish_log_domain"]
 
 
-def needs_finish(xp: Any, error: Any, tol: float, n_iter: Any, max_iter: int) -> bool:
-    """Whether a measured ``error`` above ``tol`` leaves iterations to finish with (eager only)."""
-    return values_known(xp, error) and float(error) > tol and int(n_iter) < max_iter
+def needs_finish(xp: Any, error: Any, tol: float, n_iter: Any, max_iter: int, f: Any, g: Any, epsilon: float) -> bool:
+    """Whether a measured ``error`` above ``tol`` and above the dtype's rounding floor of the
+    potentials ``(f, g)`` (:func:`~softk._ot.plan.rounding_floor`: no iteration goes below it)
+    leaves iterations to finish with (eager only)."""
+    if not (values_known(xp, error) and float(error) > tol and int(n_iter) < max_iter):
+        return False
+    floor = rounding_floor(xp, f, g, epsilon)
+    return floor is None or not math.isfinite(floor) or float(error) > floor
 
 
 def finish_log_domain(xp: Any, cost: Any, log_a: Any, log_b: Any, epsilon: float, f: Any, g: Any, n_iter: Any, *, tol: float, max_iter: int, check_every: int) -> tuple[Any, Any, Any]:
-    """Log-domain iterations from ``(f, g)`` (or from zero where their rounding alone exceeds
-    ``tol``) within the ``max_iter - n_iter`` iterations left: ``(f, g, n_iter)``, gauge-fixed."""
+    """Log-domain iterations from ``(f, g)`` (from zero where they are not finite) within the
+    ``max_iter - n_iter`` iterations left: ``(f, g, n_iter)``, gauge-fixed. (Restarting finite
+    potentials would not help: the solution's potentials have the same size, so the same
+    rounding floor.)"""
     rounding = rounding_floor(xp, f, g, epsilon)
-    if rounding is None or not math.isfinite(rounding) or rounding > tol:  # too large to be refined: start afresh
+    if rounding is None or not math.isfinite(rounding):  # an underflowed kernel row left no usable start
         f, g = xp.zeros_like(f), xp.zeros_like(g)
     r = sinkhorn_log(xp, cost, log_a, log_b, epsilon, tol=INNER_TOL * tol, max_iter=max_iter - int(n_iter), check_every=check_every, init=(f, g))
     f, g = balanced(xp, r.f, r.g, xp.exp(log_a), xp.exp(log_b))
@@ -73,7 +80,7 @@ def solved_plan(
     f, g = balanced(xp, r.f, r.g, a, b)
     n_iter = r.n_iter
     error = marginal_error(xp, xp.sum(plan, axis=-1), xp.sum(plan, axis=-2), a, b)
-    if needs_finish(xp, error, tol, n_iter, max_iter):
+    if needs_finish(xp, error, tol, n_iter, max_iter, f, g, epsilon):
         del plan
         f, g, n_iter = finish_log_domain(xp, cost, log_a, log_b, epsilon, f, g, n_iter, tol=tol, max_iter=max_iter, check_every=check_every)
         plan = plan_from_potentials(xp, cost, log_a, log_b, f, g, epsilon)
