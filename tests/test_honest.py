@@ -260,3 +260,21 @@ def test_float32_solve_below_the_rounding_floor_keeps_its_plan():
     recomputed = np.abs(r.plan.sum(1) - 1 / 60).sum() + np.abs(r.plan.sum(0) - 1 / 80).sum()
     assert float(r.error) < 1e-3 and int(r.n_iter) < 1000
     np.testing.assert_allclose(float(r.error), recomputed, rtol=1e-3)
+
+
+def test_float32_stalled_solve_stops_before_its_scalings_drift():
+    """Regression: at epsilon ~1e-4 of the cost's range in float32 the error stalls at the
+    rounding floor (~2e-3 by iteration 500) while the scalings kept drifting from the kernel:
+    by iteration 3000 the potentials' plan had infinite entries. A stage now stops after
+    ``STALL`` iterations without progress; the plan stays finite and its error honest."""
+    rng = np.random.default_rng(1)
+    n, m = rng.integers(5, 120, size=2)
+    x, y = rng.normal(size=(n, 2)), rng.normal(size=(m, 2)) * rng.uniform(0.3, 4)
+    cost = ((x[:, None] - y[None]) ** 2).sum(-1) * 10 ** rng.uniform(-3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", softk.NotConvergedWarning)
+        r = softk.sinkhorn(cost.astype(np.float32), epsilon=0.0443, max_iter=3000)
+    plan = r.plan.astype(np.float64)
+    recomputed = np.abs(plan.sum(1) - 1 / n).sum() + np.abs(plan.sum(0) - 1 / m).sum()
+    assert np.isfinite(plan).all() and float(r.error) < 1e-2
+    np.testing.assert_allclose(float(r.error), recomputed, rtol=1e-3)

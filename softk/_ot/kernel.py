@@ -44,7 +44,7 @@ from .._dispatch import values_known, while_loop
 from .._xp import logsumexp, matvec, matvec_t, normal_exponent
 from .dense import SinkhornResult, log_domain, sinkhorn_block, sinkhorn_log
 from .plan import balanced, flushed_exp, plan_from_potentials
-from .schedule import OMEGA, STAGE_TOL, epsilon_schedule, relaxation
+from .schedule import OMEGA, STAGE_TOL, STALL, epsilon_schedule, relaxation
 
 __all__ = ["solve", "solve_plan"]
 
@@ -255,6 +255,7 @@ class _Kernel:
         s = matvec(xp, kern, self.v)
         # the starting error: the first (plain) block's decrease already estimates the rate
         err, omega, cap = float(xp.max(xp.sum(xp.abs(self.u * s - a), axis=-1))), 1.0, OMEGA
+        best, since = err, 0  # the lowest error and the iterations since it last fell by 1 %
         while self.it < max_iter:
             steps = min(self.check_every, max_iter - self.it)
             u, v = self.u, self.v
@@ -275,6 +276,9 @@ class _Kernel:
                 kern, err, omega = self.kern, float(r.error), 1.0
                 s = matvec(xp, kern, self.v)
             if err <= tol:
+                break
+            best, since = (err, 0) if err < 0.99 * best else (best, since + steps)
+            if since >= STALL:  # rounding rules: the caller measures and reports the error
                 break
             if big > self.threshold:
                 self.absorb()

@@ -9,7 +9,11 @@ Each constant has one meaning, used by the dense, kernel and online strategies a
   over-relaxation factor is first estimated;
 * ``INNER_TOL``: the strategies stop at this fraction of the caller's ``tol``
   by their own estimate; the rest is left to the rounding of the returned
-  plan and to its columns, which the estimate does not see.
+  plan and to its columns, which the estimate does not see;
+* ``STALL``: iterations without a 1 % decrease of the error after which a
+  stage of the kernel strategy stops (rounding rules it then: more iterations
+  only spend time, and in float32 let its scalings drift from the kernel they
+  describe).
 
 The few-target Newton strategy (:mod:`softk._ot.newton`) has its own
 continuation (it measures relative column errors, not row L1 errors).
@@ -19,13 +23,14 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["STAGE_TOL", "OMEGA", "WARMUP", "MAX_STAGES", "INNER_TOL", "epsilon_schedule", "relaxation"]
+__all__ = ["STAGE_TOL", "OMEGA", "WARMUP", "MAX_STAGES", "INNER_TOL", "STALL", "epsilon_schedule", "relaxation"]
 
 STAGE_TOL = 1e-2  # row-marginal L1 error that ends an intermediate epsilon stage
 OMEGA = 1.9  # largest over-relaxation factor (measured best at eps 1e-3 to 1e-4 on [0, 1] costs)
 WARMUP = 4  # plain iterations per stage before the over-relaxation factor is estimated
 MAX_STAGES = 200  # epsilon halvings at most (a spread of 2^200 epsilon)
 INNER_TOL = 0.5  # the strategies' own stopping test, as a fraction of the tol the returned plan must meet
+STALL = 500  # iterations without a 1 % decrease of the error that end a stage
 
 
 def epsilon_schedule(epsilon: float, spread: float) -> list[float]:
