@@ -273,7 +273,8 @@ def _check(xp, cost, a, b, mass, idx, tol):
 def _gap():
     warnings.warn(
         "sparse_ot: the primal repair found no plan with at most k nonzeros per column that meets "
-        "the marginals on the candidate graph; the plan misses them by result.error",
+        "the marginals on the candidate graph (with more rows than columns such a plan may not exist: "
+        "see docs/sparse_ot.md); the plan misses them by result.error",
         MarginalGapWarning,
         stacklevel=5,
     )
