@@ -6,7 +6,10 @@ the same temperature in score units, ``alpha = M epsilon / 2``), one thread:
 * ``torch.topk`` forward (the hard operator, the issue's yardstick);
 * LapSum forward + backward (:mod:`lapsum`, our transcription of its closed form);
 * ``softk.soft_topk`` forward + backward, eager;
-* the same under ``torch.compile(fullgraph=True, dynamic=False)`` (compiled per size, before timing).
+* the same under ``torch.compile(fullgraph=True, dynamic=False)`` (compiled per size, before timing);
+* the floor (:mod:`floor_topk`: a minimal hand-written ``autograd.Function`` of the same
+  method, fixed steps and no checks), eager and compiled: what the method costs per call
+  in PyTorch on this machine at best.
 
 Forward + backward is ``torch.autograd.grad(op(x), x, v)`` with a random ``v``.
 Each figure is the best of ``--repeat`` timings of ``--number`` calls (the
@@ -28,6 +31,7 @@ import torch
 import softk
 
 sys.path.insert(0, os.path.dirname(__file__))
+from floor_topk import floor_topk  # noqa: E402
 from lapsum import lapsum_topk  # noqa: E402
 
 SIZES = ((32, 100, 5), (32, 1000, 10), (256, 100, 5), (32, 100_000, 5))
@@ -52,13 +56,14 @@ def row(batch: int, n: int, k: int, epsilon: float, number: int, repeat: int) ->
     compiled_op = torch.compile(lambda x: softk.soft_topk(x, k, epsilon=epsilon), fullgraph=True, dynamic=False)
     compiled = grad_of(compiled_op)
     lapsum = grad_of(lambda x: lapsum_topk(x, k, alpha))
+    floor = grad_of(lambda x: floor_topk(x, k, epsilon))
+    floor_compiled = grad_of(torch.compile(lambda x: floor_topk(x, k, epsilon), fullgraph=True, dynamic=False))
     scale = max(1, n // 1000)
     number = max(1, number // scale)
     t_topk = best(lambda: torch.topk(x.detach(), k), number, repeat)
-    times = [best(fn, number, repeat) for fn in (lapsum, eager, compiled)]
-    cells = " | ".join(f"{t * 1e6:.0f} us" for t in times)
-    ratios = " | ".join(f"{t / t_topk:.0f}x" for t in times[1:])
-    return f"| {batch} x {n}, {k} | {t_topk * 1e6:.1f} us | {cells} | {ratios} | {times[0] / times[1]:.2f} / {times[0] / times[2]:.2f} |"
+    times = [best(fn, number, repeat) for fn in (lapsum, eager, compiled, floor, floor_compiled)]
+    cells = " | ".join(f"{t * 1e6:.0f} us ({t / t_topk:.0f}x)" for t in times)
+    return f"| {batch} x {n}, {k} | {t_topk * 1e6:.1f} us | {cells} | {times[0] / times[1]:.2f} / {times[0] / times[2]:.2f} |"
 
 
 def main() -> None:
@@ -71,7 +76,7 @@ def main() -> None:
     warnings.simplefilter("ignore", UserWarning)
     print(f"torch {torch.__version__}, 1 thread, float32, epsilon {args.epsilon}, best of {args.repeat} x {args.number} calls\n")
     print("| batch x n, k | torch.topk fwd | LapSum fwd+bwd | softk eager fwd+bwd | softk compiled fwd+bwd "
-          "| eager / topk | compiled / topk | LapSum / softk (eager / compiled) |")
+          "| floor eager | floor compiled | LapSum / softk (eager / compiled) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for batch, n, k in SIZES:
         print(row(batch, n, k, args.epsilon, args.number, args.repeat), flush=True)
