@@ -97,6 +97,34 @@ def test_soft_select_recentres_when_the_root_is_far(backend):
     np.testing.assert_allclose(backend.to_numpy(result.sensitivity)[0], a * (1 - a), rtol=1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 1023, 2046])
+def test_soft_select_tied_rows_at_the_window_bound(backend, k):
+    # All scores tied: from the midpoint the root is tau = log((n - k) / k), up to log(n - 1) = 7.6
+    # of float32's window of 9.6, the edge of the bound under which there is no recentring loop.
+    xp = _namespace(backend)
+    n = 2047
+    x = backend.asarray(np.zeros((2, n)), "float32")
+    result = soft_select(xp, x, k, backend.asarray(np.array([[1.0], [1e4]]), "float32"), largest=True)
+    a = backend.to_numpy(result.indicator).astype(np.float64)
+    assert bool(result.converged)
+    np.testing.assert_allclose(a, k / n, rtol=1e-5)
+
+
+def test_soft_select_recentres_past_the_window_bound(backend):
+    # k - 1 entries selected and the n - k + 1 others tied with the k-th: the root is
+    # tau = log(n - k) = 8.7 from the midpoint, past 0.9 of float32's window (8.65), in a row
+    # too short for the reduced start (n < 4 (k + 17)): the solver must recentre once.
+    xp = _namespace(backend)
+    n, k = 8000, 2000
+    x = np.zeros((1, n))
+    x[0, : k - 1] = 1.0
+    result = soft_select(xp, backend.asarray(x, "float32"), k, backend.asarray(np.array([[1e3]]), "float32"), largest=True)
+    a = backend.to_numpy(result.indicator)[0].astype(np.float64)
+    assert bool(result.converged)
+    np.testing.assert_allclose(a[: k - 1], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(a[k - 1 :], 1.0 / (n - k + 1), rtol=5e-3)  # float32 sums of 2000
+
+
 def test_logsumexp_is_stable(backend):
     xp = _namespace(backend)
     z = backend.asarray(np.array([[1000.0, 1000.0], [-np.inf, -np.inf], [-1000.0, 0.0]]), "float64")
