@@ -23,7 +23,7 @@ from array_api_compat import device
 from .._dispatch import while_loop
 from .._xp import logsumexp
 from .plan import balanced
-from .schedule import STAGE_TOL
+from .schedule import OMEGA, STAGE_TOL, relaxation
 
 __all__ = ["SinkhornResult", "sinkhorn_log", "sinkhorn_block", "log_domain"]
 
@@ -107,38 +107,49 @@ def sinkhorn_block(xp: Any, cost: Any, log_a: Any, log_b: Any, a: Any, f: Any, g
     return f, g, xp.max(xp.sum(xp.abs(row_sums - a), axis=-1))
 
 
-def log_domain(xp, block, g_update, f, g, spread, epsilon, *, tol, max_iter, check_every) -> SinkhornResult:
+def log_domain(xp, block, g_update, f, g, spread, epsilon, *, tol, max_iter, check_every, relaxed=True) -> SinkhornResult:
     """One loop (``while_loop``: compiled under JAX) of log-domain blocks with epsilon scaling.
 
-    ``block(f, g, eps, steps) -> (f, g, error)`` runs ``steps`` iterations;
-    ``g_update(f, eps)`` is one g-update. Epsilon starts at ``spread`` (a 0-d
-    array; ``None``: no scaling) and halves whenever a stage reaches
-    ``STAGE_TOL``; ``error`` counts only at ``epsilon``. The loop runs whole
-    blocks, so ``n_iter`` never passes ``max_iter``.
+    ``block(f, g, eps, steps, omega) -> (f, g, error)`` runs ``steps`` iterations
+    over-relaxed by ``omega`` (a 0-d array; its last g-update plain, so the error is
+    measured with exact columns); ``g_update(f, eps)`` is one g-update. Epsilon
+    starts at ``spread`` (a 0-d array; ``None``: no scaling) and halves whenever a
+    stage reaches ``STAGE_TOL``; ``error`` counts only at ``epsilon``. Each stage
+    starts plain (``omega = 1``); the factor then follows the eager strategies'
+    rule (:func:`softk._ot.schedule.relaxation`) from consecutive blocks' errors;
+    ``relaxed=False`` keeps it at 1 (a block that does not over-relax). The loop
+    runs whole blocks, so ``n_iter`` never passes ``max_iter``.
     """
     dev, dtype = device(f), f.dtype
     eps0 = xp.asarray(epsilon, dtype=dtype, device=dev)
     eps0 = eps0 if spread is None else xp.maximum(spread, eps0)
     stage_tol = max(tol, STAGE_TOL)
     steps = min(check_every, max_iter)
-
     def cond(state: tuple) -> Any:
-        it, eps, _, _, err = state
+        it, eps, _, _, err = state[:5]
         return xp.logical_and(it + steps <= max_iter, xp.logical_or(eps > epsilon, err > tol))
 
     def body(state: tuple) -> tuple:
-        it, eps, f, g, _ = state
-        f, g, err = block(f, g, eps, steps)
+        it, eps, f, g, _, omega, cap, previous = state
+        f, g, err = block(f, g, eps, steps, omega)
         f, g = balanced(xp, f, g)  # the gauge: keep both potentials near zero
         # a loose stage ends at STAGE_TOL; the next one starts at half the epsilon (at most 2 x epsilon above it)
         done = xp.logical_and(eps > epsilon, err <= stage_tol)
+        # (constants made from the carried arrays: PyTorch's loop refuses a closure's array in its state)
+        inf = xp.full_like(err, math.inf)
+        if relaxed:  # a new stage starts plain
+            omega, cap = relaxation(omega, cap, previous, err, steps, xp)
+            omega, cap = xp.where(done, xp.ones_like(omega), omega), xp.where(done, xp.full_like(cap, OMEGA), cap)
+        previous = xp.where(done, inf, err)
         halved = xp.where(eps > 2.0 * epsilon, 0.5 * eps, xp.full_like(eps, epsilon))
-        err = xp.where(eps > epsilon, xp.full_like(err, math.inf), err)  # not yet at epsilon
-        return it + steps, xp.where(done, halved, eps), f, g, err
+        err = xp.where(eps > epsilon, inf, err)  # not yet at epsilon
+        return it + steps, xp.where(done, halved, eps), f, g, err, omega, cap, previous
 
-    inf = xp.asarray(math.inf, dtype=dtype, device=dev)
-    it, eps, f, g, err = while_loop(xp, cond, body, (xp.asarray(0, device=dev), eps0, f, g, inf), traceable=True)
+    def scalar(value: float) -> Any:
+        return xp.asarray(value, dtype=dtype, device=dev)
+
+    start = (xp.asarray(0, device=dev), eps0, f, g, scalar(math.inf), scalar(1.0), scalar(OMEGA), scalar(math.inf))
+    it, eps, f, g, err, *_ = while_loop(xp, cond, body, start, traceable=True)
     # stopped in an earlier stage: one g-update at epsilon makes the columns exact (and the plan finite)
     g = xp.where(eps > epsilon, g_update(f, epsilon), g)
     return SinkhornResult(f, g, err, it, err <= tol)
-

@@ -22,8 +22,9 @@ continuation (it measures relative column errors, not row L1 errors).
 from __future__ import annotations
 
 import math
+from typing import Any
 
-__all__ = ["STAGE_TOL", "OMEGA", "WARMUP", "MAX_STAGES", "INNER_TOL", "STALL", "epsilon_schedule", "relaxation"]
+__all__ = ["STAGE_TOL", "OMEGA", "WARMUP", "MAX_STAGES", "INNER_TOL", "STALL", "FLOATS", "epsilon_schedule", "relaxation"]
 
 STAGE_TOL = 1e-2  # row-marginal L1 error that ends an intermediate epsilon stage
 OMEGA = 1.9  # largest over-relaxation factor (measured best at eps 1e-3 to 1e-4 on [0, 1] costs)
@@ -45,7 +46,28 @@ def epsilon_schedule(epsilon: float, spread: float) -> list[float]:
     return [epsilon * 2.0**k for k in range(min(int(stages), MAX_STAGES), -1, -1)]
 
 
-def relaxation(omega: float, cap: float, previous: float, err: float, steps: int) -> tuple[float, float]:
+class _Floats:
+    """The few namespace functions :func:`relaxation` uses, on Python floats (the eager
+    strategies decide on the host; traced loops pass their array namespace)."""
+
+    sqrt = staticmethod(math.sqrt)
+    minimum = staticmethod(min)
+    maximum = staticmethod(max)
+    isfinite = staticmethod(math.isfinite)
+
+    @staticmethod
+    def ones_like(x: float) -> float:
+        return 1.0
+
+    @staticmethod
+    def where(condition: bool, x: float, y: float) -> float:
+        return x if condition else y
+
+
+FLOATS = _Floats()
+
+
+def relaxation(omega: Any, cap: Any, previous: Any, err: Any, steps: int, xp: Any = FLOATS) -> tuple[Any, Any]:
     """Over-relaxation factor for the next block, and its cap, from two errors ``steps`` iterations apart.
 
     The optimal factor is ``2 / (1 + sqrt(1 - eta))``, ``eta`` the convergence
@@ -54,17 +76,17 @@ def relaxation(omega: float, cap: float, previous: float, err: float, steps: int
     Young's SOR relation ``(rho + w - 1)^2 = eta rho w^2`` (exact for ``w``
     below the optimum; the estimate grows as the fast modes die out). The
     factor never decreases unless the error grows; then it is halved towards 1
-    and capped there. Start with ``cap = OMEGA``.
+    and capped there. Start with ``cap = OMEGA``. Python floats by default; a
+    traced loop passes 0-d arrays and their namespace ``xp``.
 
     >>> relaxation(1.0, OMEGA, 1.0, 0.5, 1)   # rate 1/2 at w = 1: eta = 1/2
     (1.17157287525381, 1.9)
     """
-    if not (math.isfinite(previous) and math.isfinite(err)) or previous <= 0.0 or err <= 0.0:
-        return omega, cap
-    if err > previous:
-        omega = 1.0 + 0.5 * (omega - 1.0)
-        return omega, omega
-    rho = (err / previous) ** (1.0 / steps)
-    eta = min(1.0, (rho + omega - 1.0) ** 2 / (rho * omega * omega))
-    best = 2.0 / (1.0 + math.sqrt(1.0 - eta))
-    return min(cap, max(omega, best)), cap
+    one = xp.ones_like(omega)  # an array where omega is one (a scalar there fails under torch.compile's loops)
+    valid = xp.isfinite(previous) & xp.isfinite(err) & (previous > 0.0) & (err > 0.0)
+    grew = valid & (err > previous)
+    halved = 1.0 + 0.5 * (omega - 1.0)
+    rho = (xp.where(valid, err, one) / xp.where(valid, previous, one)) ** (1.0 / steps)
+    eta = xp.minimum((rho + omega - 1.0) ** 2 / (rho * omega * omega), one)
+    best = xp.minimum(cap, xp.maximum(omega, 2.0 / (1.0 + xp.sqrt(1.0 - eta))))
+    return xp.where(grew, halved, xp.where(valid, best, omega)), xp.where(grew, halved, cap)

@@ -63,7 +63,7 @@ def symmetric_solve(
     def average(f: Any, eps: Any) -> Any:
         return 0.5 * (f + transform(f, eps))
 
-    def block(f: Any, g: Any, eps: Any, steps: int) -> tuple:
+    def block(f: Any, g: Any, eps: Any, steps: int, omega: Any) -> tuple:  # omega = 1: relaxed=False
         if cost is not None:  # kernel form, absorbed at the end of every block
             kern, u = _build(xp, cost, log_a, f, eps), xp.ones_like(f)
             for _ in range(steps):
@@ -88,7 +88,7 @@ def symmetric_solve(
     if cost is not None and values_known(xp, cost):
         schedule = [epsilon] if spread is None else epsilon_schedule(epsilon, float(spread))
         return _kernel(xp, cost, log_a, schedule, tol, max_iter, check_every)
-    return log_domain(xp, block, average, f0, f0, spread, epsilon, tol=tol, max_iter=max_iter, check_every=check_every)
+    return log_domain(xp, block, average, f0, f0, spread, epsilon, tol=tol, max_iter=max_iter, check_every=check_every, relaxed=False)
 
 
 def _kernel(xp: Any, cost: Any, log_a: Any, schedule: list[float], tol: float, max_iter: int, check_every: int) -> SinkhornResult:
