@@ -260,7 +260,8 @@ def _backward(
     return (from_rows(xp, grad, axis, x.dtype),)
 
 
-SOFT_SORT = CoreOp("soft_sort", _forward, _backward)
+# one forward and backward (``kind`` says which), named per public function for the glue's messages
+SOFT_SORT, SOFT_RANK, SOFT_QUANTILE = (CoreOp(name, _forward, _backward) for name in ("soft_sort", "soft_rank", "soft_quantile"))
 
 
 def _prepare(x: Any, kind: str, m: Any, epsilon: Any, axis: Any, method: str, tol: Any, max_iter: Any, **extra: Any) -> tuple:
@@ -332,7 +333,7 @@ def soft_sort(x: Any, *, epsilon: float = 1e-2, axis: int = -1, m: int | None = 
     return _prepare(x, "sort", m, epsilon, axis, method, tol, max_iter, descending=descending)
 
 
-@differentiable(SOFT_SORT)
+@differentiable(SOFT_RANK)
 def soft_rank(x: Any, *, epsilon: float = 1e-2, axis: int = -1, m: int | None = None,
               method: str = "auto", tol: float | None = None, max_iter: int | None = None) -> Any:
     """Soft ranks along ``axis``: ``r_i = n sum_j P_ij (n B_j)``, ``B = cumsum(b)``.
@@ -362,7 +363,7 @@ def soft_rank(x: Any, *, epsilon: float = 1e-2, axis: int = -1, m: int | None = 
     return _prepare(x, "rank", m, epsilon, axis, method, tol, max_iter)
 
 
-@differentiable(SOFT_SORT)
+@differentiable(SOFT_QUANTILE)
 def soft_quantile(x: Any, q: Any, *, epsilon: float = 1e-2, axis: int = -1, width: float | None = None,
                   method: str = "auto", tol: float | None = None, max_iter: int | None = None) -> Any:
     """Soft quantiles at levels ``q`` along ``axis``: ``(P^T x)_j / w`` at the targets of mass ``w``.

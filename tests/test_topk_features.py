@@ -208,13 +208,20 @@ def test_torch_hessian_matches_differences_of_the_gradient_and_torch_func():
 
 
 @pytest.mark.parametrize(
-    "fn", [lambda x: softk.soft_topk(x, 2, epsilon=0.1, straight_through=True), lambda x: softk.soft_sort(x, epsilon=0.1)]
+    ("name", "fn"),
+    [
+        ("soft_topk", lambda x: softk.soft_topk(x, 2, epsilon=0.1, straight_through=True)),
+        ("soft_sort", lambda x: softk.soft_sort(x, epsilon=0.1)),
+        ("soft_rank", lambda x: softk.soft_rank(x, epsilon=0.1)),
+        ("soft_quantile", lambda x: softk.soft_quantile(x, [0.3, 0.7], epsilon=0.1)),
+    ],
 )
-def test_torch_double_backward_refused_where_unsupported(fn):
+def test_torch_double_backward_refused_where_unsupported(name, fn):
     torch = pytest.importorskip("torch")
     x = torch.linspace(0.0, 1.0, 5, dtype=torch.float64).requires_grad_()
-    (g,) = torch.autograd.grad((fn(x) * torch.arange(5.0, dtype=torch.float64)).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="no second derivative"):
+    out = fn(x)
+    (g,) = torch.autograd.grad((out * torch.arange(out.shape[-1], dtype=torch.float64)).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=f"softk.{name} has no second derivative"):  # the function the user called
         g.sum().backward()
 
 
