@@ -125,6 +125,7 @@ def log_domain(xp, block, g_update, f, g, spread, epsilon, *, tol, max_iter, che
     eps0 = eps0 if spread is None else xp.maximum(spread, eps0)
     stage_tol = max(tol, STAGE_TOL)
     steps = min(check_every, max_iter)
+
     def cond(state: tuple) -> Any:
         it, eps, _, _, err = state[:5]
         return xp.logical_and(it + steps <= max_iter, xp.logical_or(eps > epsilon, err > tol))
