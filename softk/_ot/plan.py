@@ -21,6 +21,13 @@ def _floor(xp: Any, dtype: Any) -> float:
     return 1.0 - normal_exponent(xp, dtype)
 
 
+def _floor_negligible(xp: Any, dtype: Any) -> bool:
+    """Whether ``exp(floor)`` is below the rounding of any sum of entries (``<= eps^2``): in
+    float32 and float64 (about 1e-38 and 1e-308), not in float16 (1.7e-4, the size of a plan
+    entry), where the clipped entries must be exact zeros and nothing may be subtracted."""
+    return math.exp(_floor(xp, dtype)) <= float(xp.finfo(dtype).eps) ** 2
+
+
 def clipped_exp(xp: Any, z: Any) -> Any:
     """``exp(z)`` with ``z`` clipped below where the result would be subnormal.
 
@@ -28,13 +35,16 @@ def clipped_exp(xp: Any, z: Any) -> Any:
     slower, for arguments whose result is subnormal or underflows; in a plan at
     small epsilon most entries do. The clipped entries (about 3e-38 in float32,
     6e-308 in float64) change a sum of ``m`` of them by far less than the
-    dtype's resolution of any row or column sum.
+    dtype's resolution of any row or column sum; in float16, where they would
+    not, they are zeros instead.
 
     >>> import numpy as np
     >>> float(clipped_exp(np, np.array(-1e4))) > 0.0
     True
     """
-    return xp.exp(xp.clip(z, min=_floor(xp, z.dtype)))
+    floor = _floor(xp, z.dtype)
+    e = xp.exp(xp.clip(z, min=floor))
+    return e if _floor_negligible(xp, z.dtype) else xp.where(z > floor, e, xp.zeros_like(e))
 
 
 def flushed_exp(xp: Any, z: Any, *, overwrite: bool = False) -> Any:
@@ -50,6 +60,8 @@ def flushed_exp(xp: Any, z: Any, *, overwrite: bool = False) -> Any:
     [1.0, 0.0]
     """
     floor = _floor(xp, z.dtype)
+    if not _floor_negligible(xp, z.dtype):  # float16: subtracting the cut would shift every entry
+        return clipped_exp(xp, z)
     cut = math.exp(floor) * (1.0 + 64.0 * float(xp.finfo(z.dtype).eps))
     if not overwrite:
         return xp.clip(xp.exp(xp.clip(z, min=floor)) - cut, min=0.0)
