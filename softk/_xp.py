@@ -68,8 +68,12 @@ def add_at_rows(xp: Any, g: Any, index: Any, value: Any) -> Any:
     be updated in place; it must be a temporary of the caller's).
     """
     n = g.shape[-1]
-    if compat.is_array_api_strict_namespace(xp):
-        # The standard has no indexed add: a one-hot row mask instead.
+    from ._dispatch import values_known
+
+    if compat.is_array_api_strict_namespace(xp) or not values_known(xp, g):
+        # The standard has no indexed add, and traced code (jax.jit, torch.compile) fuses an
+        # element-wise mask into the kernel around it where a scatter stays a separate pass:
+        # a one-hot row mask instead.
         hit = xp.arange(n, device=compat.device(g))[None, :] == xp.reshape(index, (-1, 1))
         hit = xp.reshape(hit, g.shape)
         return g + xp.where(hit, value[..., None], xp.zeros_like(g))

@@ -243,13 +243,21 @@ def test_soft_quantile_stays_in_the_data_range(backend, eps):
 
 
 def test_sinkhorn_output_passes_through_torch_compile():
+    """``sinkhorn`` and ``sinkhorn_cost`` compile as one graph (their loops are PyTorch's
+    ``while_loop`` operator): the output type, its counters, and the eager values and gradient."""
     torch = pytest.importorskip("torch")
     cost = torch.asarray(np.random.default_rng(0).random((4, 5)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # dynamo's graph-break notes
-        out = torch.compile(lambda c: softk.sinkhorn(c, epsilon=0.1), backend="aot_eager")(cost)
+    torch._dynamo.reset()
+    out = torch.compile(lambda c: softk.sinkhorn(c, epsilon=0.1), backend="aot_eager", fullgraph=True)(cost)
     assert isinstance(out, softk.SinkhornOutput) and bool(out.converged) and not out.n_iter.is_floating_point()
     np.testing.assert_allclose(out.plan.numpy(), softk.sinkhorn(cost, epsilon=0.1).plan.numpy(), atol=1e-7)
+    leaf = cost.clone().requires_grad_(True)
+    value = torch.compile(lambda c: softk.sinkhorn_cost(c, epsilon=0.1), backend="aot_eager", fullgraph=True)(leaf)
+    (grad,) = torch.autograd.grad(value, leaf)
+    ref = softk.sinkhorn_cost(leaf, epsilon=0.1)
+    (ref_grad,) = torch.autograd.grad(ref, leaf)
+    np.testing.assert_allclose(float(value), float(ref), rtol=1e-9)
+    np.testing.assert_allclose(grad.numpy(), ref_grad.numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype, scale", [("float64", 1e155), ("float32", 1e19)])
