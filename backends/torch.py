@@ -25,8 +25,9 @@ import torch
 import torch.utils._pytree as torch_pytree
 
 from softk._op import PYTREES
+from softk._warnings import warn_not_converged
 
-__all__ = ["apply", "while_loop", "values_known", "on_false", "accepts_out", "host_call"]
+__all__ = ["apply", "while_loop", "values_known", "on_false", "warn_in_graph", "accepts_out", "host_call"]
 
 
 class _TracedFunction(torch.autograd.Function):
@@ -233,6 +234,44 @@ def values_known(x: Any) -> bool:
 def on_false(flag: torch.Tensor, action: Callable[[], None]) -> None:
     if values_known(flag) and not bool(flag):
         action()
+
+
+def warn_in_graph(flag: torch.Tensor, what: str, tol: float | None, rounding: float | None) -> bool:
+    """While ``torch.compile`` traces: put :func:`_warn_unless` in the graph and return True (a
+    plain Python call there is dropped: Dynamo keeps no side effect of an ``autograd.Function``'s
+    forward); otherwise False (the caller reads the flag itself)."""
+    if _EFFECTFUL and torch.compiler.is_compiling():
+        _warn_unless(flag, what, tol, rounding)
+        return True
+    return False
+
+
+@torch.library.custom_op("softk::warn_unless", mutates_args=())
+def _warn_unless(flag: torch.Tensor, what: str, tol: float | None, rounding: float | None) -> None:
+    """softk's :class:`NotConvergedWarning` for solver ``what`` when ``flag`` is False, from compiled code."""
+    if not bool(flag):
+        warn_not_converged(what, None, tol, rounding)
+
+
+@_warn_unless.register_fake
+def _(flag: torch.Tensor, what: str, tol: float | None, rounding: float | None) -> None:
+    return None
+
+
+def _register_effect() -> bool:
+    """Mark :func:`_warn_unless` as having an effect, so the compiler keeps it (an op without
+    outputs is otherwise dead code). A private PyTorch API: where it is missing, compiled code
+    does not warn (the flag stays in the outputs that carry one)."""
+    try:
+        from torch._library.effects import EffectType
+
+        torch.library._register_effectful_op("softk::warn_unless", EffectType.ORDERED)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+_EFFECTFUL = _register_effect()
 
 
 def accepts_out(*arrays: Any) -> bool:

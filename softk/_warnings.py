@@ -7,7 +7,7 @@ from typing import Any
 
 from ._dispatch import glue_for
 
-__all__ = ["NotConvergedWarning", "warn_if_not_converged"]
+__all__ = ["NotConvergedWarning", "warn_if_not_converged", "warn_not_converged"]
 
 
 class NotConvergedWarning(RuntimeWarning):
@@ -20,18 +20,24 @@ def warn_if_not_converged(
     """Warn with :class:`NotConvergedWarning` when the 0-d boolean ``converged`` is False.
 
     The framework glue decides when the value is read: at once on eager
-    libraries, through ``jax.debug.callback`` under JAX (so also inside ``jit``).
+    libraries, through ``jax.debug.callback`` under JAX (so also inside ``jit``),
+    and under ``torch.compile`` through the glue's ``warn_in_graph`` (an
+    operator kept in the compiled graph that warns when it runs).
     With ``error`` and ``tol`` the message gives both; ``rounding`` (about the
     smallest error the dtype allows at this epsilon) adds advice when it is
     what stops the solver.
     """
     glue = glue_for(xp)
+    in_graph = getattr(glue, "warn_in_graph", None)
+    if in_graph is not None and in_graph(converged, what, tol, rounding):
+        return
     if error is not None and not glue.values_known(error):
         error = None  # traced: the message goes without the number
-    glue.on_false(converged, lambda: _warn(what, error, tol, rounding))
+    glue.on_false(converged, lambda: warn_not_converged(what, error, tol, rounding))
 
 
-def _warn(what: str, error: Any = None, tol: float | None = None, rounding: float | None = None) -> None:
+def warn_not_converged(what: str, error: Any = None, tol: float | None = None, rounding: float | None = None) -> None:
+    """Raise the :class:`NotConvergedWarning` of solver ``what`` (its ``error``, where known)."""
     detail = ""
     if error is not None and tol is not None:
         detail = f" (marginal error {float(error):.3g} > tol {tol:.3g})"

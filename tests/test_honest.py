@@ -196,6 +196,27 @@ def test_jit_nan_input_gives_nan_and_a_warning():
     assert np.isnan(np.asarray(out)).any()
 
 
+@pytest.mark.parametrize("backend_name", ["aot_eager", "inductor"])
+def test_compiled_torch_warns_when_a_solve_stops_short(backend_name):
+    """Under ``torch.compile(fullgraph=True)`` the flag is symbolic while tracing and Dynamo keeps
+    no Python side effect of the op's forward: the warning is an operator in the graph, raised
+    at run time on the calls that stop short, and only on those."""
+    torch = pytest.importorskip("torch")
+    torch._dynamo.reset()
+    cost = torch.asarray(np.random.default_rng(0).random((4, 6)), requires_grad=True)
+    short = torch.compile(lambda c: softk.soft_topk(c, 2, epsilon=1e-3, method="sinkhorn", max_iter=3), fullgraph=True, backend=backend_name)
+    with pytest.warns(softk.NotConvergedWarning, match="soft_topk's Sinkhorn solver did not converge"):
+        short(cost).sum().backward()
+    with pytest.warns(softk.NotConvergedWarning, match="sinkhorn_cost did not converge"):
+        torch.compile(lambda c: softk.sinkhorn_cost(c, epsilon=1e-3, max_iter=3), fullgraph=True, backend=backend_name)(cost)
+    full = torch.compile(lambda c: softk.soft_topk(c, 2, epsilon=0.1, method="sinkhorn"), fullgraph=True, backend=backend_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", softk.NotConvergedWarning)
+        full(cost).sum().backward()
+    with pytest.warns(softk.NotConvergedWarning):  # each call reads its own flag
+        short(cost)
+
+
 def test_float32_defaults_converge_on_an_online_problem(rng):
     x, y = rng.random((3000, 2)).astype(np.float32), rng.random((3000, 2)).astype(np.float32)
     out = softk.sinkhorn(x=x, y=y, epsilon=1e-2, online=True)  # warnings are errors here
