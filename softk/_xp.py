@@ -13,6 +13,8 @@ from typing import Any
 import array_api_compat as compat
 import array_api_extra as xpx
 
+from ._dispatch import glue_for, values_known
+
 __all__ = ["logsumexp", "top_values", "add_at_rows", "normal_exponent", "into", "matvec", "matvec_t"]
 
 
@@ -68,8 +70,6 @@ def add_at_rows(xp: Any, g: Any, index: Any, value: Any) -> Any:
     be updated in place; it must be a temporary of the caller's).
     """
     n = g.shape[-1]
-    from ._dispatch import values_known
-
     if compat.is_array_api_strict_namespace(xp) or not values_known(xp, g):
         # The standard has no indexed add, and traced code (jax.jit, torch.compile) fuses an
         # element-wise mask into the kernel around it where a scatter stays a separate pass:
@@ -107,8 +107,6 @@ def into(xp: Any, buffer: Any, fn: Any, *args: Any) -> Any:
     if compat.is_numpy_namespace(xp) or compat.is_cupy_namespace(xp):
         return fn(*args, out=buffer)
     if compat.is_torch_namespace(xp):
-        from ._dispatch import glue_for
-
         if glue_for(xp).accepts_out(buffer, *args):
             return fn(*args, out=buffer)
     return fn(*args)
