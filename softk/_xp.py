@@ -49,8 +49,6 @@ def top_values(xp: Any, x: Any, count: int, *, largest: bool = False) -> tuple[A
     if not 1 <= count <= n:
         raise ValueError(f"count must be in [1, {n}], got {count}")
     if compat.is_jax_namespace(xp):
-        from ._dispatch import glue_for
-
         return glue_for(xp).top_values(x, count, largest=largest), None
     if compat.is_torch_namespace(xp):
         vals, index = xp.topk(x, count, dim=-1, largest=largest, sorted=True)
