@@ -25,9 +25,10 @@ import torch
 import torch.utils._pytree as torch_pytree
 
 from softk._op import PYTREES
+from softk._validate import check_finite_values
 from softk._warnings import warn_not_converged
 
-__all__ = ["apply", "while_loop", "values_known", "on_false", "warn_in_graph", "accepts_out", "host_call"]
+__all__ = ["apply", "while_loop", "values_known", "on_false", "warn_in_graph", "check_in_graph", "accepts_out", "host_call"]
 
 
 class _TracedFunction(torch.autograd.Function):
@@ -258,14 +259,33 @@ def _(flag: torch.Tensor, what: str, tol: float | None, rounding: float | None) 
     return None
 
 
+def check_in_graph(x: torch.Tensor, name: str) -> None:
+    """While ``torch.compile`` traces: put :func:`_require_finite` in the graph, so that NaN or
+    infinite values of argument ``name`` raise softk's ``ValueError`` when the compiled code runs."""
+    if _EFFECTFUL and torch.compiler.is_compiling():
+        _require_finite(x, name)
+
+
+@torch.library.custom_op("softk::require_finite", mutates_args=())
+def _require_finite(x: torch.Tensor, name: str) -> None:
+    """softk's check of argument ``name`` for NaN and infinite values, on the values, from compiled code."""
+    check_finite_values(xp, name, x)
+
+
+@_require_finite.register_fake
+def _(x: torch.Tensor, name: str) -> None:
+    return None
+
+
 def _register_effect() -> bool:
-    """Mark :func:`_warn_unless` as having an effect, so the compiler keeps it (an op without
-    outputs is otherwise dead code). A private PyTorch API: where it is missing, compiled code
-    does not warn (the flag stays in the outputs that carry one)."""
+    """Mark :func:`_warn_unless` and :func:`_require_finite` as having an effect, so the compiler
+    keeps them (an op without outputs is otherwise dead code). A private PyTorch API: where it is
+    missing, compiled code neither warns nor checks values."""
     try:
         from torch._library.effects import EffectType
 
-        torch.library._register_effectful_op("softk::warn_unless", EffectType.ORDERED)
+        for name in ("softk::warn_unless", "softk::require_finite"):
+            torch.library._register_effectful_op(name, EffectType.ORDERED)
     except (ImportError, AttributeError):
         return False
     return True

@@ -9,7 +9,7 @@ from typing import Any
 
 import array_api_compat as compat
 
-from ._dispatch import values_known
+from ._dispatch import glue_for, values_known
 
 __all__ = ["check_nonempty", "namespace_of", "check_int", "check_positive_float", "check_axis", "check_finite_values", "check_choice"]
 
@@ -119,8 +119,13 @@ def check_axis(axis: Any, ndim: int) -> int:
 
 
 def check_finite_values(xp: Any, name: str, x: Any) -> None:
-    """Reject NaN and infinite entries, where the values can be read (not under ``jit``)."""
+    """Reject NaN and infinite entries, where the values can be read (not under ``jax.jit`` or
+    ``torch.func.vmap``); under ``torch.compile`` the glue's ``check_in_graph`` runs this check
+    at run time from an operator in the compiled graph."""
     if not values_known(xp, x):
+        in_graph = getattr(glue_for(xp), "check_in_graph", None)
+        if in_graph is not None:
+            in_graph(x, name)
         return
     total = xp.sum(x)
     if not values_known(xp, total):

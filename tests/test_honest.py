@@ -217,6 +217,26 @@ def test_compiled_torch_warns_when_a_solve_stops_short(backend_name):
         short(cost)
 
 
+@pytest.mark.parametrize("backend_name", ["aot_eager", "inductor"])
+def test_compiled_torch_refuses_nan_and_inf_at_run_time(backend_name):
+    """Under ``torch.compile(fullgraph=True)`` the values are symbolic while tracing: the check
+    is an operator in the graph, so the compiled call raises eager mode's ``ValueError``."""
+    torch = pytest.importorskip("torch")
+    torch._dynamo.reset()
+    step = torch.compile(lambda x: softk.soft_topk(x, 2, epsilon=0.1), fullgraph=True, backend=backend_name)
+    x = torch.asarray(np.random.default_rng(0).normal(size=(3, 6)))
+    torch.testing.assert_close(step(x), softk.soft_topk(x, 2, epsilon=0.1))
+    for bad, match in ((float("nan"), "x contains NaN"), (float("inf"), r"x contains \+-inf")):
+        y = x.clone()
+        y[1, 2] = bad
+        with pytest.raises(ValueError, match=match):
+            step(y)
+    cost = torch.rand(4, 5, dtype=torch.float64)
+    cost[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="cost contains NaN"):
+        torch.compile(lambda c: softk.sinkhorn_cost(c, epsilon=0.1), fullgraph=True, backend=backend_name)(cost)
+
+
 def test_float32_defaults_converge_on_an_online_problem(rng):
     x, y = rng.random((3000, 2)).astype(np.float32), rng.random((3000, 2)).astype(np.float32)
     out = softk.sinkhorn(x=x, y=y, epsilon=1e-2, online=True)  # warnings are errors here
