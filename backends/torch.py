@@ -16,6 +16,7 @@ residuals as constants.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -263,17 +264,19 @@ def check_in_graph(x: torch.Tensor, name: str) -> None:
     """While ``torch.compile`` traces: put :func:`_require_finite` in the graph, so that NaN or
     infinite values of argument ``name`` raise softk's ``ValueError`` when the compiled code runs."""
     if _EFFECTFUL and torch.compiler.is_compiling():
-        _require_finite(x, name)
+        _require_finite(torch.sum(x), x, name)  # the sum is fused into the graph's kernels
 
 
 @torch.library.custom_op("softk::require_finite", mutates_args=())
-def _require_finite(x: torch.Tensor, name: str) -> None:
-    """softk's check of argument ``name`` for NaN and infinite values, on the values, from compiled code."""
-    check_finite_values(xp, name, x)
+def _require_finite(total: torch.Tensor, x: torch.Tensor, name: str) -> None:
+    """softk's check of argument ``name`` for NaN and infinite values, from compiled code: one
+    scalar read (a sum propagates NaN and inf), the full check only where it is not finite."""
+    if not math.isfinite(total.item()):
+        check_finite_values(xp, name, x)
 
 
 @_require_finite.register_fake
-def _(x: torch.Tensor, name: str) -> None:
+def _(total: torch.Tensor, x: torch.Tensor, name: str) -> None:
     return None
 
 
