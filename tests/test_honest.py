@@ -217,10 +217,11 @@ def test_compiled_torch_warns_when_a_solve_stops_short(backend_name):
         short(cost)
 
 
-@pytest.mark.parametrize("backend_name", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("backend_name", ["aot_eager"])
 def test_compiled_torch_refuses_nan_and_inf_at_run_time(backend_name):
     """Under ``torch.compile(fullgraph=True)`` the values are symbolic while tracing: the check
-    is an operator in the graph, so the compiled call raises eager mode's ``ValueError``."""
+    is an operator in the graph, so the compiled call raises eager mode's ``ValueError``. (That
+    inductor keeps such an operator is tested with the convergence warning, the same mechanism.)"""
     torch = pytest.importorskip("torch")
     torch._dynamo.reset()
     step = torch.compile(lambda x: softk.soft_topk(x, 2, epsilon=0.1), fullgraph=True, backend=backend_name)
