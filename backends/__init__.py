@@ -15,7 +15,8 @@ namespace has no fast partial sort (JAX: ``lax.top_k``), and PyTorch's offers
 ``accepts_out(*arrays)``: whether ``out=`` may write them (not under autograd,
 ``torch.func`` or ``torch.compile``), and ``warn_in_graph(flag, what, tol, rounding)``:
 under ``torch.compile``, an operator in the graph that raises the solver's
-``NotConvergedWarning`` at run time (a Python call there would be dropped). ``host_call(fn, outputs, *arrays)`` runs host
+``NotConvergedWarning`` at run time (a Python call there would be dropped), and
+``check_in_graph(x, name)``: the same for the NaN/inf check of an argument. ``host_call(fn, outputs, *arrays)`` runs host
 code on concrete values (JAX: ``jax.pure_callback``, so also under ``jit``); without
 it, :func:`softk._dispatch.host_call` calls ``fn`` directly where values are known.
 """
