@@ -169,48 +169,47 @@ def apply(op: Any, arrays: tuple, params: dict) -> Any:
 
 
 def while_loop(cond: Callable, body: Callable, state: Any, traceable: bool = False) -> Any:
-    """A Python loop; a ``traceable`` one, while ``torch.compile`` traces, PyTorch's ``while_loop``
-    operator (one graph), its state packed by :func:`_packed`."""
+    """A Python loop; a ``traceable`` one (its state a flat tuple of tensors), while
+    ``torch.compile`` traces, PyTorch's ``while_loop`` operator (one graph), its state packed by
+    :func:`_packed`."""
     if traceable and torch.compiler.is_compiling():
         from torch._higher_order_ops.while_loop import while_loop as traced_loop
 
-        leaves, spec = torch_pytree.tree_flatten(state)  # the operator takes a flat tuple of tensors
-        pack, unpack = _packed(leaves)
+        pack, unpack = _packed(state)
 
         def traced_body(*flat: Any) -> tuple:  # (it refuses a tensor passed through as is)
-            out = pack(torch_pytree.tree_leaves(body(torch_pytree.tree_unflatten(unpack(flat), spec))))
+            out = pack(body(unpack(flat)))
             return tuple(o.clone() if any(o is i for i in flat) else o for o in out)
 
         def traced_cond(*flat: Any) -> torch.Tensor:  # a fresh 0-d flag, never a view of the state
-            return cond(torch_pytree.tree_unflatten(unpack(flat), spec)).clone()
+            return cond(unpack(flat)).clone()
 
-        final = traced_loop(traced_cond, traced_body, pack(leaves))
-        return torch_pytree.tree_unflatten(unpack(final), spec)
+        return unpack(traced_loop(traced_cond, traced_body, pack(state)))
     while bool(cond(state)):
         state = body(state)
     return state
 
 
-def _packed(leaves: list) -> tuple[Callable, Callable]:
+def _packed(state: tuple) -> tuple[Callable, Callable]:
     """``(pack, unpack)`` between a loop state's tensors and the ``while_loop`` operator's carries:
     tensors of one shape, dtype and device travel stacked as one carry. The compiled loop clones
     every carry when the body does not run (a few us each on small inputs, as much as a Newton
     step), and stacking in the graph is fused; no carry appears twice (the operator refuses that)."""
     groups: dict[tuple, list[int]] = {}
-    for i, t in enumerate(leaves):
+    for i, t in enumerate(state):
         groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append(i)
     members = list(groups.values())
 
-    def pack(tensors: list) -> tuple:
+    def pack(tensors: tuple) -> tuple:
         carries = [torch.stack([tensors[i] for i in g]) if len(g) > 1 else tensors[g[0]] for g in members]
         return tuple(t.clone() if any(t is u for u in carries[:i]) else t for i, t in enumerate(carries))
 
-    def unpack(carries: tuple) -> list:
-        tensors = [None] * len(leaves)
+    def unpack(carries: tuple) -> tuple:
+        tensors = [None] * len(state)
         for carry, g in zip(carries, members):
             for j, i in enumerate(g):
                 tensors[i] = carry[j] if len(g) > 1 else carry
-        return tensors
+        return tuple(tensors)
 
     return pack, unpack
 

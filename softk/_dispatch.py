@@ -107,7 +107,7 @@ def while_loop(
     Python loop. ``traceable=True`` marks a loop that ``torch.compile`` traces
     as one graph (PyTorch's ``while_loop`` operator, so ``fullgraph=True``
     works); other loops run as graph breaks there (the operator's compiler does
-    not take every loop body yet).
+    not take every loop body yet); its ``state`` is a flat tuple of arrays.
     """
     return glue_for(xp).while_loop(cond, body, state, traceable)
 
