@@ -185,9 +185,19 @@ def while_loop(cond: Callable, body: Callable, state: Any, traceable: bool = Fal
             return cond(unpack(flat)).clone()
 
         return unpack(traced_loop(traced_cond, traced_body, pack(state)))
+    if torch.compiler.is_compiling():  # (fullgraph=True: an error that says why)
+        torch._dynamo.graph_break(msg=_UNTRACED_LOOP)
     while bool(cond(state)):
         state = body(state)
     return state
+
+
+_UNTRACED_LOOP = (
+    "this softk operator's solver loop is not traced by torch.compile (those of soft_topk, soft_topp, "
+    "sinkhorn, sinkhorn_cost, sinkhorn_plan and ot_transfer_loss are; see docs/gradients.md): it runs "
+    "eagerly at a graph break, which fullgraph=True refuses. Compile without fullgraph=True, or call the "
+    "operator outside the compiled function."
+)
 
 
 def _packed(state: tuple) -> tuple[Callable, Callable]:

@@ -74,6 +74,16 @@ class TestTorch:
             out = compiled(self.x())
         torch.testing.assert_close(out, softk.soft_sort(self.x(), epsilon=0.1))
 
+    def test_fullgraph_refusal_says_which_loop_and_what_to_do(self):
+        """fullgraph=True on an operator whose loop is not traced: Dynamo's error carries softk's
+        message (not only "Could not guard on data-dependent expression")."""
+        torch = self.torch
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda x: softk.soft_sort(x, epsilon=0.1), fullgraph=True)
+        with pytest.raises(Exception, match="softk operator's solver loop is not traced") as info:
+            compiled(self.x())
+        assert "without fullgraph=True" in str(info.value)
+
     def test_inputs_requiring_grad_raise_no_warning(self):
         """Argument checks read values without converting autograd-tracked tensors to Python
         scalars (PyTorch warns about that)."""
