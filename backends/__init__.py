@@ -13,10 +13,11 @@ Each module exposes the same four functions, looked up by
 A glue module may also offer ``top_values(x, k, largest)`` where the library's
 namespace has no fast partial sort (JAX: ``lax.top_k``), and PyTorch's offers
 ``accepts_out(*arrays)``: whether ``out=`` may write them (not under autograd,
-``torch.func`` or ``torch.compile``), ``warn_in_graph(flag, what, tol, rounding)``
-(under ``torch.compile``, an operator in the graph that raises the solver's
-``NotConvergedWarning`` at run time: a Python call there would be dropped) and
-``check_in_graph(x, name)`` (the same for the NaN/inf check of an argument).
+``torch.func`` or ``torch.compile``), ``warn_unread(flag, what, tol, rounding)``
+(where the core cannot read a solver's ``converged``: under ``torch.compile`` an
+operator in the graph that raises the ``NotConvergedWarning`` at run time, a
+Python call there being dropped; under ``torch.func.vmap`` every batch entry's
+flag) and ``check_unread(x, name)`` (the same for the NaN/inf check of an argument).
 ``host_call(fn, outputs, *arrays)`` runs host code on concrete values (JAX:
 ``jax.pure_callback``, so also under ``jit``); without it,
 :func:`softk._dispatch.host_call` calls ``fn`` directly where values are known.

@@ -29,7 +29,7 @@ from softk._op import PYTREES
 from softk._validate import check_finite_values
 from softk._warnings import warn_not_converged
 
-__all__ = ["apply", "while_loop", "values_known", "on_false", "warn_in_graph", "check_in_graph", "accepts_out", "host_call"]
+__all__ = ["apply", "while_loop", "values_known", "on_false", "warn_unread", "check_unread", "accepts_out", "host_call"]
 
 
 class _TracedFunction(torch.autograd.Function):
@@ -105,7 +105,9 @@ class _CoreFunction(_TracedFunction):
             for a, d in zip(arrays, in_dims[2:])
         ]
         outs = _CoreFunction.apply(op, params, *front)
-        return outs, (0,) * len(outs)
+        # a 0-d output (a solve's error, iteration count or flag) is one value for the whole
+        # mapped batch, which the core solved as one: every sample gets it (the largest error)
+        return outs, tuple(0 if o.ndim > 0 else None for o in outs)
 
 
 def _backward(ctx: Any, cotangents: tuple) -> tuple:
@@ -145,6 +147,8 @@ def _first_order(ctx: Any, arrays: tuple, residuals: tuple, cotangent: Any) -> t
 class _NoSecondDerivative(torch.autograd.Function):
     """Identity on a first derivative that the op cannot differentiate again: a clear error
     instead of a second derivative computed with its residuals as constants."""
+
+    generate_vmap_rule = True  # the identity maps over a batch as is (torch.func.vmap of grad)
 
     @staticmethod
     def forward(name: str, grad: torch.Tensor, *ties: torch.Tensor) -> torch.Tensor:
@@ -187,9 +191,31 @@ def while_loop(cond: Callable, body: Callable, state: Any, traceable: bool = Fal
         return unpack(traced_loop(traced_cond, traced_body, pack(state)))
     if torch.compiler.is_compiling():  # (fullgraph=True: an error that says why)
         torch._dynamo.graph_break(msg=_UNTRACED_LOOP)
-    while bool(cond(state)):
+    flag = cond(state)
+    while values_known(flag):
+        if not bool(flag):
+            return state
         state = body(state)
+        flag = cond(state)
+    return _masked_loop(cond, body, state, flag)
+
+
+def _masked_loop(cond: Callable, body: Callable, state: Any, flag: torch.Tensor) -> Any:
+    """The loop under ``torch.func.vmap``, where ``flag`` holds one value per batch entry:
+    ``lax.while_loop``'s batching rule, the body runs while any entry's flag holds and an entry
+    whose flag is False keeps its state."""
+    while bool(_physical(flag).any()):
+        new = body(state)
+        state = torch_pytree.tree_map(lambda n, s, f=flag: torch.where(f, n, s) if isinstance(n, torch.Tensor) else n, new, state)
+        flag = cond(state)
     return state
+
+
+def _physical(x: torch.Tensor) -> torch.Tensor:
+    """``x`` without its ``torch.func`` wrappers: every batch entry's values."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(x):
+        x = torch._C._functorch.get_unwrapped(x)
+    return x
 
 
 _UNTRACED_LOOP = (
@@ -226,8 +252,35 @@ def _packed(state: tuple) -> tuple[Callable, Callable]:
 
 @torch.compiler.disable  # under torch.compile: a graph break, the host code runs on real tensors
 def host_call(fn: Callable[..., tuple], outputs: tuple, *arrays: torch.Tensor) -> tuple:
-    """``fn(*arrays)`` eagerly (see :func:`softk._dispatch.host_call`); ``fullgraph=True`` refuses it."""
-    return fn(*arrays)
+    """``fn(*arrays)`` eagerly (see :func:`softk._dispatch.host_call`); ``fullgraph=True`` refuses it.
+    Under ``torch.func.vmap`` ``fn`` runs once per batch entry, as JAX's glue does."""
+    return _HostCall.apply(fn, *arrays)
+
+
+class _HostCall(torch.autograd.Function):
+    """:func:`host_call`'s function, with outputs that are constants to autograd and a
+    ``torch.func.vmap`` rule that calls it once per batch entry (its code reads values)."""
+
+    @staticmethod
+    def forward(fn: Callable[..., tuple], *arrays: torch.Tensor) -> tuple:
+        return tuple(fn(*arrays))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        ctx.mark_non_differentiable(*output)
+
+    @staticmethod
+    def backward(ctx: Any, *_: Any) -> tuple:
+        return (None,) * (1 + len(ctx.needs_input_grad[1:]))
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, fn: Callable[..., tuple], *arrays: torch.Tensor) -> tuple:
+        entries = [
+            _HostCall.apply(fn, *(a if d is None else a.select(d, i) for a, d in zip(arrays, in_dims[1:])))
+            for i in range(info.batch_size)
+        ]
+        outs = tuple(torch.stack(column) for column in zip(*entries))
+        return outs, (0,) * len(outs)
 
 
 def values_known(x: Any) -> bool:
@@ -247,14 +300,20 @@ def on_false(flag: torch.Tensor, action: Callable[[], None]) -> None:
         action()
 
 
-def warn_in_graph(flag: torch.Tensor, what: str, tol: float | None, rounding: float | None) -> bool:
-    """While ``torch.compile`` traces: put :func:`_warn_unless` in the graph and return True (a
-    plain Python call there is dropped: Dynamo keeps no side effect of an ``autograd.Function``'s
-    forward); otherwise False (the caller reads the flag itself)."""
-    if _EFFECTFUL and torch.compiler.is_compiling():
-        torch.ops.softk.warn_unless(flag, what, tol, rounding)
-        return True
-    return False
+def warn_unread(flag: torch.Tensor, what: str, tol: float | None, rounding: float | None) -> bool:
+    """Where the core cannot read the 0-d ``flag`` itself, warn from here and return True: while
+    ``torch.compile`` traces, through ``softk::warn_unless`` in the graph (a plain Python call
+    there is dropped: Dynamo keeps no side effect of an ``autograd.Function``'s forward); under
+    ``torch.func.vmap``, from every batch entry's flag (one warning if any stops short).
+    Otherwise False (the caller reads the flag itself)."""
+    if torch.compiler.is_compiling():
+        if _EFFECTFUL:
+            torch.ops.softk.warn_unless(flag, what, tol, rounding)
+        return _EFFECTFUL
+    if values_known(flag):
+        return False
+    _warn_unless(_physical(flag).all(), what, tol, rounding)
+    return True
 
 
 def _warn_unless(flag: torch.Tensor, what: str, tol: float | None, rounding: float | None) -> None:
@@ -263,11 +322,16 @@ def _warn_unless(flag: torch.Tensor, what: str, tol: float | None, rounding: flo
         warn_not_converged(what, None, tol, rounding)
 
 
-def check_in_graph(x: torch.Tensor, name: str) -> None:
-    """While ``torch.compile`` traces: put :func:`_require_finite` in the graph, so that NaN or
-    infinite values of argument ``name`` raise softk's ``ValueError`` when the compiled code runs."""
-    if _EFFECTFUL and torch.compiler.is_compiling():
-        torch.ops.softk.require_finite(torch.sum(x), x, name)  # the sum is fused into the graph's kernels
+def check_unread(x: torch.Tensor, name: str) -> None:
+    """softk's NaN and infinity check of argument ``x`` where the core cannot read its values:
+    while ``torch.compile`` traces, ``softk::require_finite`` in the graph (the compiled call
+    raises softk's ``ValueError`` when it runs); under ``torch.func.vmap``, on every batch
+    entry's values."""
+    if torch.compiler.is_compiling():
+        if _EFFECTFUL:
+            torch.ops.softk.require_finite(torch.sum(x), x, name)  # the sum is fused into the graph's kernels
+    elif not values_known(x):
+        check_finite_values(xp, name, _physical(x))
 
 
 def _require_finite(total: torch.Tensor, x: torch.Tensor, name: str) -> None:

@@ -120,12 +120,12 @@ def check_axis(axis: Any, ndim: int) -> int:
 
 def check_finite_values(xp: Any, name: str, x: Any) -> None:
     """Reject NaN and infinite entries, where the values can be read (not under ``jax.jit`` or
-    ``torch.func.vmap``); under ``torch.compile`` the glue's ``check_in_graph`` runs this check
-    at run time from an operator in the compiled graph."""
+    ``torch.func.vmap``); PyTorch's glue checks there itself (``check_unread``: under
+    ``torch.compile`` at run time, from an operator in the compiled graph)."""
     if not values_known(xp, x):
-        in_graph = getattr(glue_for(xp), "check_in_graph", None)
-        if in_graph is not None:
-            in_graph(x, name)
+        unread = getattr(glue_for(xp), "check_unread", None)
+        if unread is not None:
+            unread(x, name)
         return
     total = xp.sum(x)
     if not values_known(xp, total):

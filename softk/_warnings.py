@@ -21,15 +21,15 @@ def warn_if_not_converged(
 
     The framework glue decides when the value is read: at once on eager
     libraries, through ``jax.debug.callback`` under JAX (so also inside ``jit``),
-    and under ``torch.compile`` through the glue's ``warn_in_graph`` (an
-    operator kept in the compiled graph that warns when it runs).
+    and where PyTorch's values cannot be read at once (``torch.compile``,
+    ``torch.func.vmap``) through the glue's ``warn_unread``.
     With ``error`` and ``tol`` the message gives both; ``rounding`` (about the
     smallest error the dtype allows at this epsilon) adds advice when it is
     what stops the solver.
     """
     glue = glue_for(xp)
-    in_graph = getattr(glue, "warn_in_graph", None)
-    if in_graph is not None and in_graph(converged, what, tol, rounding):
+    unread = getattr(glue, "warn_unread", None)
+    if unread is not None and unread(converged, what, tol, rounding):
         return
     if error is not None and not glue.values_known(error):
         error = None  # traced: the message goes without the number

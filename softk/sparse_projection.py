@@ -122,7 +122,8 @@ def sparse_simplex_projection(x: Any, k: int) -> Any:
 
 def scatter_last(xp: Any, values: Any, idx: Any, n: int) -> Any:
     """Dense ``(..., n)`` array with ``values`` at the distinct positions ``idx`` along the last axis."""
-    out = xp.zeros((*values.shape[:-1], n), dtype=values.dtype, device=device(values))
+    # zeros made from ``values``, so that they are batched like them under torch.func.vmap
+    out = xp.broadcast_to(xp.zeros_like(values[..., :1]), (*values.shape[:-1], n))
     if compat.is_array_api_strict_namespace(xp):  # no indexed update: one masked pass per position
         positions = xp.arange(n, device=device(values))
         for j in range(idx.shape[-1]):

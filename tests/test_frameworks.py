@@ -37,6 +37,59 @@ class TestTorch:
         values = torch.func.vmap(lambda r: softk.soft_topk(r, 3, epsilon=0.1))(self.x())
         torch.testing.assert_close(values, softk.soft_topk(self.x(), 3, epsilon=0.1))
 
+    VMAPPED = {  # each maps one sample (no batch axis) to an array
+        "soft_topk_sorted": lambda r: softk.soft_topk_sorted(r[0], 3, epsilon=0.1),
+        "soft_rank": lambda r: softk.soft_rank(r[0], epsilon=0.1),
+        "sinkhorn": lambda c: softk.sinkhorn(c, epsilon=0.1, tol=1e-12).f,
+        "sinkhorn_plan": lambda c: softk.sinkhorn_plan(c, epsilon=0.1, tol=1e-12),
+        "sinkhorn_divergence": lambda c: softk.sinkhorn_divergence(c, c[:3] + 0.3, epsilon=0.5, tol=1e-12),
+        "ot_transfer_loss": lambda c: softk.ot_transfer_loss(c, 2.0 * c[:, :2] + 0.1, epsilon=0.5, tol=1e-12),
+        "sparse_simplex_projection": lambda r: softk.sparse_simplex_projection(r[0], 3),
+    }
+
+    @pytest.mark.parametrize("name", sorted(VMAPPED))
+    def test_func_vmap_of_value_and_grad_equals_a_loop(self, name):
+        """torch.func.vmap runs the batch as one call of the core (a solve's error, iteration
+        count and flag are the batch's): values and gradients equal one call per sample."""
+        torch, fn = self.torch, self.VMAPPED[name]
+        batch = torch.asarray(np.random.default_rng(4).uniform(size=(3, 4, 5)))
+        torch.testing.assert_close(torch.func.vmap(fn)(batch), torch.stack([fn(b) for b in batch]), rtol=1e-9, atol=1e-11)
+        if name == "sparse_simplex_projection":
+            return  # no gradient
+        w = torch.asarray(np.random.default_rng(5).normal(size=fn(batch[0]).shape))
+        grad = torch.func.grad(lambda b: (fn(b) * w).sum())
+        torch.testing.assert_close(torch.func.vmap(grad)(batch), torch.stack([grad(b) for b in batch]), rtol=1e-8, atol=1e-10)
+
+    def test_func_vmap_of_sparse_ot_equals_the_batched_call(self):
+        """Host code (the plan's repair) runs once per batch entry and the implicit backward's loop
+        runs masked per entry (lax.while_loop's rule): the batched call's plan and gradient."""
+        torch = self.torch
+        batch = torch.asarray(np.random.default_rng(4).uniform(size=(3, 5, 6)))
+        plan = lambda c: softk.sparse_ot(c, k=2, gamma=0.5).plan  # noqa: E731
+        torch.testing.assert_close(torch.func.vmap(plan)(batch), plan(batch), rtol=1e-10, atol=1e-12)
+        w = torch.asarray(np.random.default_rng(5).normal(size=(5, 6)))
+        grad = torch.func.vmap(torch.func.grad(lambda c: (plan(c) * w).sum()))(batch)
+        torch.testing.assert_close(grad, torch.func.grad(lambda c: (plan(c) * w).sum())(batch), rtol=1e-8, atol=1e-10)
+        routing = torch.func.vmap(lambda z: softk.moe_route(z, 3).combine)(batch)
+        torch.testing.assert_close(routing, softk.moe_route(batch, 3).combine, rtol=1e-10, atol=1e-12)
+
+    def test_func_vmap_refuses_nan_and_inf_like_eager(self):
+        torch = self.torch
+        batch = torch.asarray(np.random.default_rng(4).normal(size=(3, 6)))
+        for bad, message in ((float("nan"), "x contains NaN"), (float("inf"), "x contains \\+-inf")):
+            scores = batch.clone()
+            scores[1, 2] = bad
+            with pytest.raises(ValueError, match=message):
+                torch.func.vmap(lambda r: softk.soft_topk(r, 2))(scores)
+        torch.func.vmap(lambda r: softk.soft_topk(r, 2))(batch)  # finite: no error
+
+    def test_func_vmap_warns_when_the_batch_stops_short(self):
+        torch = self.torch
+        batch = torch.asarray(np.random.default_rng(4).uniform(size=(3, 4, 5)))
+        with pytest.warns(softk.NotConvergedWarning, match="sinkhorn did not converge"):
+            out = torch.func.vmap(lambda c: softk.sinkhorn(c, epsilon=1e-3, max_iter=3))(batch)
+        assert not bool(out.converged.any()) and out.error.shape == (3,)
+
     def test_jacrev_matches_jacobian(self):
         torch = self.torch
         fn = lambda x: softk.soft_topk(x, 1, epsilon=0.1, axis=0)  # noqa: E731
