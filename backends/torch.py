@@ -2,8 +2,10 @@
 
 The Function works with ``torch.autograd.gradcheck``, ``torch.func`` transforms
 (its ``vmap`` rule moves the mapped dimension to the front: every core op
-treats leading dimensions as batch) and ``torch.compile`` (the solver loop is
-data-dependent, so it runs as a graph break around compiled code).
+treats leading dimensions as batch; a loop outside it that meets per-sample
+values runs masked, as ``lax.while_loop`` under ``jax.vmap``) and
+``torch.compile`` (traceable solver loops as PyTorch's ``while_loop`` operator,
+the others at a graph break).
 
 Second derivatives: when the backward runs with autograd recording
 (``create_graph=True``, ``gradgradcheck``, ``torch.autograd.functional.hessian``)
@@ -317,7 +319,8 @@ def warn_unread(flag: torch.Tensor, what: str, tol: float | None, rounding: floa
 
 
 def _warn_unless(flag: torch.Tensor, what: str, tol: float | None, rounding: float | None) -> None:
-    """softk's :class:`NotConvergedWarning` for solver ``what`` when ``flag`` is False, from compiled code."""
+    """softk's :class:`NotConvergedWarning` for solver ``what`` when ``flag`` is False (compiled
+    code, or every batch entry's flag under ``torch.func.vmap``)."""
     if not bool(flag):
         warn_not_converged(what, None, tol, rounding)
 
